@@ -1,0 +1,35 @@
+"""Events a :class:`~smolchat.chat.session.ChatSession` streams while it answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from smolchat.engine.types import FinishReason, GenerationStats
+
+
+@dataclass
+class ReasoningDelta:
+    """More text inside ``<think> ... </think>``."""
+
+    text: str
+
+
+@dataclass
+class AnswerDelta:
+    """More text of the visible answer."""
+
+    text: str
+
+
+@dataclass
+class TurnFinished:
+    """The reply is complete (or stopped, or failed); the history is updated."""
+
+    finish_reason: FinishReason
+    stats: GenerationStats
+    reasoning: str
+    answer: str
+    error: str | None = None  # one-line message when finish_reason == "error"
+
+
+ChatEvent = ReasoningDelta | AnswerDelta | TurnFinished

