@@ -1,0 +1,5 @@
+"""Token ids in, token ids out: sampling, the prefill/decode loop, streaming events."""
+
+from smolchat.engine.types import GenerationEvent, GenerationStats, SamplingParams
+
+__all__ = ["GenerationEvent", "GenerationStats", "SamplingParams"]

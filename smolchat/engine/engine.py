@@ -1,0 +1,181 @@
+"""The engine: token ids in, token ids out, with a reusable KV cache.
+
+``generate`` crops the cache to the longest common prefix with the new ids, prefills only
+the rest (in chunks), then decodes one token at a time, streaming events.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from smolchat.engine.sampling import make_sampler
+from smolchat.engine.types import GenerationEvent, GenerationStats, SamplingParams
+from smolchat.errors import ContextOverflowError, SmolchatError
+from smolchat.model.cache import KVCache
+from smolchat.model.config import ModelConfig
+from smolchat.model.network import CausalLM
+
+PREFILL_CHUNK = 2048
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class Engine:
+    """A loaded model plus its tokenizer, KV cache and generation loop."""
+
+    def __init__(
+        self,
+        model: CausalLM,
+        tokenizer: Any,
+        *,
+        model_name: str = "",
+        eos_token_ids: Sequence[int] = (),
+        generation_defaults: dict[str, Any] | None = None,
+        quantize: str | None = None,
+    ) -> None:
+        self.model = model
+        self.config: ModelConfig = model.config
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.quantize = quantize
+        self.generation_defaults = dict(generation_defaults or {})
+        self.eos_token_ids = sorted(set(eos_token_ids))
+        ref = model.model.embed_tokens.weight
+        self.device, self.dtype = ref.device, ref.dtype
+        self.context_length = self.config.max_position_embeddings
+        self.cache = KVCache(self.config, self.device, self.dtype, self.context_length)
+        self.cached_ids: list[int] = []
+        self.last_stats: GenerationStats | None = None
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+
+    # --- control -------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Ask the running ``generate`` to stop; it ends within one token."""
+        self._cancel.set()
+
+    def reset_cache(self) -> None:
+        self.cache.reset()
+        self.cached_ids = []
+
+    # --- verification --------------------------------------------------------------
+    @torch.inference_mode()
+    def logits(self, ids: Sequence[int]) -> torch.Tensor:
+        """One full forward pass without the cache: float32 CPU logits (len(ids), vocab)."""
+        x = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+        return self.model(x)[0].float().cpu()
+
+    # --- generation ----------------------------------------------------------------
+    def generate(
+        self,
+        ids: Sequence[int],
+        sampling: SamplingParams | None = None,
+        max_new_tokens: int = 256,
+        stop_ids: Sequence[int] | None = None,
+    ) -> Iterator[GenerationEvent]:
+        """Stream events for the reply to ``ids``; the last event has finish_reason and stats."""
+        if not self._lock.acquire(blocking=False):
+            raise SmolchatError("the engine is already generating; wait for it or cancel it")
+        try:
+            self._cancel.clear()
+            yield from self._generate(list(ids), sampling or SamplingParams(), max_new_tokens,
+                                      stop_ids)
+        finally:
+            self._lock.release()
+
+    @torch.inference_mode()
+    def _generate(self, ids, sampling, max_new_tokens, stop_ids) -> Iterator[GenerationEvent]:
+        if not ids:
+            raise SmolchatError("nothing to generate from: the prompt has no tokens")
+        if max_new_tokens < 1:
+            raise SmolchatError("max_new_tokens must be at least 1")
+        if len(ids) >= self.context_length:
+            raise ContextOverflowError(
+                f"the prompt has {len(ids)} tokens but the context holds {self.context_length}; "
+                "drop older turns"
+            )
+        max_new_tokens = min(max_new_tokens, self.context_length - len(ids))
+        stops = set(self.eos_token_ids if stop_ids is None else stop_ids)
+        stats = GenerationStats(prompt_tokens=len(ids))
+        t0 = time.perf_counter()
+
+        logits = self._prefill(ids, stats)
+        sample = make_sampler(sampling, self.device)
+        seen = None
+        if sampling.repetition_penalty != 1.0:
+            seen = torch.tensor(ids, dtype=torch.long, device=self.device)
+        decoder = self.tokenizer.stream_decoder()
+        t_first = None
+        finish = "length"
+        while True:
+            token = sample(logits, seen)  # (1,)
+            token_id = int(token.item())
+            stats.generated_tokens += 1
+            if t_first is None:
+                t_first = time.perf_counter()
+                stats.ttft_s = t_first - t0
+            if token_id in stops:
+                finish = "stop"
+                break
+            text = decoder.add(token_id)
+            last = stats.generated_tokens >= max_new_tokens
+            if last or self._cancel.is_set():
+                finish = "length" if last else "cancelled"
+                # the token is shown but not fed: the cache holds everything before it
+                tail = decoder.flush()
+                stats.decode_s = time.perf_counter() - t_first
+                stats.finish_reason = finish
+                self.last_stats = stats
+                yield GenerationEvent(token_id, text + tail, finish, stats)
+                return
+            yield GenerationEvent(token_id, text)
+            if seen is not None:
+                seen = torch.cat([seen, token])
+            logits = self._step(token_id)
+            if self._cancel.is_set():
+                finish = "cancelled"
+                break
+        stats.decode_s = time.perf_counter() - (t_first or t0)
+        stats.finish_reason = finish
+        self.last_stats = stats
+        yield GenerationEvent(token_id if finish == "stop" else None, decoder.flush(), finish, stats)
+
+    def _prefill(self, ids: list[int], stats: GenerationStats) -> torch.Tensor:
+        """Run the ids the cache lacks; return the logits (V,) of the last position."""
+        keep = common_prefix(self.cached_ids, ids)
+        if keep == len(ids):  # everything cached: recompute the last position for its logits
+            keep -= 1
+        self.cache.crop(keep)
+        self.cached_ids = self.cached_ids[:keep]
+        stats.cached_tokens = keep
+        stats.prefilled_tokens = len(ids) - keep
+        self.cache.ensure_capacity(len(ids))
+        logits = None
+        for start in range(keep, len(ids), PREFILL_CHUNK):
+            chunk = ids[start : start + PREFILL_CHUNK]
+            x = torch.tensor([chunk], dtype=torch.long, device=self.device)
+            logits = self.model(x, self.cache, start, last_only=True)
+            self.cache.length = start + len(chunk)
+            self.cached_ids.extend(chunk)
+        return logits[0, -1]
+
+    def _step(self, token_id: int) -> torch.Tensor:
+        """Feed one token; return the next logits (V,)."""
+        pos = self.cache.length
+        self.cache.ensure_capacity(pos + 1)
+        x = torch.tensor([[token_id]], dtype=torch.long, device=self.device)
+        logits = self.model(x, self.cache, pos, last_only=True)
+        self.cache.length = pos + 1
+        self.cached_ids.append(token_id)
+        return logits[0, -1]

@@ -1,0 +1,68 @@
+"""Token sampling: a sampler is built once from SamplingParams and called per step.
+
+Everything stays on the logits' device; the only host sync is reading the chosen id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from smolchat.engine.types import SamplingParams
+
+Sampler = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def apply_repetition_penalty(
+    logits: torch.Tensor, seen: torch.Tensor, penalty: float
+) -> torch.Tensor:
+    """Divide positive / multiply negative logits of ``seen`` ids by ``penalty`` (CTRL style)."""
+    if penalty == 1.0 or seen.numel() == 0:
+        return logits
+    picked = logits.gather(-1, seen)
+    picked = torch.where(picked > 0, picked / penalty, picked * penalty)
+    return logits.scatter(-1, seen, picked)
+
+
+def filter_logits(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """Mask every token outside top-k, then top-p, then min-p (transformers' order); ``logits`` is (V,) float32."""
+    neg_inf = torch.finfo(logits.dtype).min
+    if p.top_k > 0 and p.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, p.top_k).values[..., -1, None]
+        logits = logits.masked_fill(logits < kth, neg_inf)
+    if p.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        # drop a token when the mass before it already reaches top_p (the top one always stays)
+        drop = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= p.top_p
+        drop[..., 0] = False
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), neg_inf)
+    if p.min_p > 0.0:
+        probs = torch.softmax(logits, dim=-1)
+        threshold = probs.max(dim=-1, keepdim=True).values * p.min_p
+        logits = logits.masked_fill(probs < threshold, neg_inf)
+    return logits
+
+
+def make_sampler(p: SamplingParams, device: torch.device) -> Sampler:
+    """Return ``sample(logits (V,), seen_ids | None) -> id tensor (1,)``."""
+    generator = None
+    if not p.greedy:
+        generator = torch.Generator(device=device)
+        if p.seed is not None:
+            generator.manual_seed(p.seed)
+        else:
+            generator.seed()
+
+    def sample(logits: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
+        logits = logits.float()
+        if seen is not None:
+            logits = apply_repetition_penalty(logits, seen, p.repetition_penalty)
+        if p.greedy:
+            return logits.argmax(dim=-1, keepdim=True)
+        logits = filter_logits(logits / p.temperature, p)
+        probs = torch.softmax(logits, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator)
+
+    return sample

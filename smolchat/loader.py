@@ -1,0 +1,120 @@
+"""``smolchat.load``: find the model, pick device and dtype, build the engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from smolchat.engine.engine import Engine
+from smolchat.errors import DeviceError, ModelLoadError
+from smolchat.model.config import GenerationConfig, ModelConfig
+from smolchat.model.hub import Progress, resolve
+from smolchat.model.weights import (
+    build_on_meta,
+    count_tensors,
+    iter_safetensors,
+    load_weights,
+    safetensors_files,
+)
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def pick_device(device: str) -> torch.device:
+    """``auto``: CUDA, else MPS, else CPU. An explicit device must be available."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise DeviceError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("CUDA was asked for but no CUDA GPU is available; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DeviceError(
+            f"{device} does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
+        )
+    if dev.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise DeviceError("MPS was asked for but is not available; use --device cpu")
+    return dev
+
+
+def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on CUDA, fp16 on MPS, float32 on CPU (bf16 is no faster on CPUs)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return {"cuda": torch.bfloat16, "mps": torch.float16}.get(device.type, torch.float32)
+    if dtype not in DTYPES:
+        raise DeviceError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+    return DTYPES[dtype]
+
+
+def load(
+    model: str | Path = "HuggingFaceTB/SmolLM3-3B",
+    *,
+    device: str = "auto",
+    dtype: str | torch.dtype = "auto",
+    quantize: str | None = None,
+    revision: str | None = None,
+    progress: Progress | None = None,
+) -> Engine:
+    """Load a model (hub id, local folder or .gguf file) and return a ready :class:`Engine`."""
+    from smolchat.chat.tokenizer import Tokenizer
+
+    if quantize not in (None, "nf4"):
+        raise ModelLoadError(f"unknown quantization {quantize!r}: use nf4 or none")
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    source = resolve(str(model), revision, progress)
+    hook = None
+    if quantize == "nf4":
+        from smolchat.model.quant import nf4_linear_hook
+
+        hook = nf4_linear_hook(dev)
+    if source.kind == "gguf":
+        from smolchat.model.gguf import iter_gguf_tensors, read_gguf_header
+
+        header = read_gguf_header(source.path)
+        cfg = ModelConfig.from_dict(header.config)
+        gen = GenerationConfig()
+        tokenizer = Tokenizer.from_parts(header.tokenizer_json, header.tokenizer_config)
+        tensors, total = iter_gguf_tensors(source.path), header.tensor_count
+    else:
+        folder = source.path
+        cfg = ModelConfig.from_file(folder / "config.json")
+        gen = GenerationConfig.from_file(folder / "generation_config.json")
+        files = safetensors_files(folder)
+        tokenizer = Tokenizer.from_dir(folder)
+        tensors, total = iter_safetensors(files), count_tensors(files)
+    net = build_on_meta(cfg)
+    try:
+        load_weights(net, tensors, dev, dt, total=total, progress=progress, linear_hook=hook)
+    except torch.OutOfMemoryError:
+        raise DeviceError(
+            f"out of GPU memory while loading {source.name} in {str(dt).removeprefix('torch.')}; "
+            "try --quantize nf4, or --device cpu"
+        ) from None
+    eos = set(cfg.eos_token_ids) | set(gen.eos_token_ids) | set(tokenizer.eos_token_ids)
+    return Engine(
+        net,
+        tokenizer,
+        model_name=source.name,
+        eos_token_ids=sorted(eos),
+        generation_defaults=gen.sampling,
+        quantize=quantize,
+    )

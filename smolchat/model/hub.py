@@ -1,0 +1,114 @@
+"""Find a model: a local folder, a ``.gguf`` file, or a Hugging Face hub repo id."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from smolchat.errors import ModelLoadError
+
+Progress = Callable[[str, int, "int | None"], None]
+
+HUB_FILES = [
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+]
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str  # "dir" or "gguf"
+    path: Path
+    name: str  # what to show the user
+
+
+def resolve(model: str, revision: str | None = None, progress: Progress | None = None) -> ModelSource:
+    """Turn the user's MODEL argument into local files, downloading from the hub if needed."""
+    path = Path(model).expanduser()
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelLoadError(
+                f"{model} is a file but not a .gguf file; pass a model folder, a .gguf file "
+                "or a hub id"
+            )
+        return ModelSource("gguf", path, path.name)
+    if path.is_dir():
+        return ModelSource("dir", path, path.name)
+    if model.endswith(".gguf") or os.sep in model and not _REPO_ID.match(model):
+        raise ModelLoadError(f"model not found: {model} does not exist{_suggest(model)}")
+    if not _REPO_ID.match(model):
+        raise ModelLoadError(
+            f"model not found: {model!r} is neither a local path nor a hub id like "
+            f"HuggingFaceTB/SmolLM3-3B{_suggest(model)}"
+        )
+    return ModelSource("dir", download(model, revision, progress), model)
+
+
+def download(repo_id: str, revision: str | None, progress: Progress | None) -> Path:
+    """Fetch only the files smolchat needs (resumable); fall back to the local cache offline."""
+    import huggingface_hub
+    from huggingface_hub import errors as hf_errors
+
+    kwargs = dict(revision=revision, allow_patterns=HUB_FILES)
+    if progress is not None:
+        kwargs["tqdm_class"] = _progress_tqdm(progress)
+    try:
+        return Path(huggingface_hub.snapshot_download(repo_id, **kwargs))
+    except (hf_errors.RepositoryNotFoundError, hf_errors.GatedRepoError) as exc:
+        raise ModelLoadError(
+            f"hub repo {repo_id} not found or not accessible ({type(exc).__name__}); check the "
+            f"name, or log in with `hf auth login` for gated models{_suggest(repo_id)}"
+        ) from None
+    except hf_errors.RevisionNotFoundError:
+        raise ModelLoadError(f"revision {revision!r} not found in {repo_id}") from None
+    except Exception as exc:  # network down, hub unreachable, offline mode without cache
+        try:
+            return Path(huggingface_hub.snapshot_download(repo_id, local_files_only=True, **kwargs))
+        except Exception:
+            pass
+        raise ModelLoadError(
+            f"cannot download {repo_id}: the hub is unreachable ({type(exc).__name__}) and it "
+            "is not in the local cache; run `hf download "
+            f"{repo_id}` where the hub is reachable (or copy the folder here and pass its path), "
+            "then use HF_HUB_OFFLINE=1"
+        ) from None
+
+
+def cached_repo_ids() -> list[str]:
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        return [r.repo_id for r in scan_cache_dir().repos if r.repo_type == "model"]
+    except Exception:
+        return []
+
+
+def _suggest(name: str) -> str:
+    close = difflib.get_close_matches(name, cached_repo_ids(), n=3, cutoff=0.5)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def _progress_tqdm(progress: Progress):
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    class ProgressTqdm(hf_tqdm):
+        """Forwards byte counts of the hub's progress bars to ``progress``."""
+
+        def update(self, n=1):
+            result = super().update(n)
+            if self.unit == "B":
+                progress("download", int(self.n), int(self.total) if self.total else None)
+            return result
+
+    return ProgressTqdm

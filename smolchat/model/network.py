@@ -1,0 +1,156 @@
+"""The SmolLM3 / Llama decoder: RMSNorm, GQA attention with RoPE or NoPE, SwiGLU MLP."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from smolchat.model.cache import KVCache
+from smolchat.model.config import ModelConfig
+from smolchat.model.rope import RotaryEmbedding, apply_rotary
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm computed in float32, scaled in the input dtype."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.n_heads, self.n_kv, self.hd = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        )
+        self.use_rope = cfg.use_rope[layer]
+        self.window = cfg.sliding_window[layer]
+        bias = cfg.attention_bias
+        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.hd, bias=bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=bias)
+        self.o_proj = nn.Linear(self.n_heads * self.hd, cfg.hidden_size, bias=bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, T, C)
+        cos: torch.Tensor,  # (T, hd) float32
+        sin: torch.Tensor,
+        cache: KVCache | None,
+        start: int,
+        mask: torch.Tensor | None,  # (T, S) bool, True = attend; None = plain causal
+    ) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, hd)
+        k = self.k_proj(x).view(b, t, self.n_kv, self.hd).transpose(1, 2)  # (B, n_kv, T, hd)
+        v = self.v_proj(x).view(b, t, self.n_kv, self.hd).transpose(1, 2)
+        if self.use_rope:
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            cache.write(self.layer, start, k, v)
+            k, v = cache.view(self.layer, start + t)  # (B, n_kv, S, hd)
+        if self.window is not None and mask is not None:
+            mask = _window(mask, start, self.window)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None and t > 1, enable_gqa=self.n_kv != self.n_heads
+        )  # (B, H, T, hd)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.hd))
+
+
+def _window(mask: torch.Tensor, start: int, window: int) -> torch.Tensor:
+    t, s = mask.shape
+    q_pos = torch.arange(start, start + t, device=mask.device)[:, None]
+    k_pos = torch.arange(s, device=mask.device)[None, :]
+    return mask & (k_pos > q_pos - window)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        bias = cfg.mlp_bias
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.self_attn = Attention(cfg, layer)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, cache, start, mask):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, start, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    """``model.*`` in checkpoint names: embeddings, layers, final norm."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class CausalLM(nn.Module):
+    """SmolLM3ForCausalLM / LlamaForCausalLM with the same parameter names."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.model = Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.rotary = RotaryEmbedding(cfg)
+        self.has_window = any(w is not None for w in cfg.sliding_window)
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(
+        self,
+        ids: torch.Tensor,  # (B, T) int64
+        cache: KVCache | None = None,
+        start: int = 0,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits (B, T, V), or (B, 1, V) with ``last_only``; writes K/V at ``start``."""
+        t = ids.shape[1]
+        positions = torch.arange(start, start + t, device=ids.device)
+        cos, sin = self.rotary(positions)
+        mask = self._mask(t, start, ids.device)
+        x = self.model.embed_tokens(ids)  # (B, T, C)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, cache, start, mask)
+        if last_only:
+            x = x[:, -1:]
+        x = self.model.norm(x)
+        return self.lm_head(x)
+
+    def _mask(self, t: int, start: int, device: torch.device) -> torch.Tensor | None:
+        """None when SDPA's own causal flag (or no mask at all for one query) is exact."""
+        if start == 0 and not self.has_window:
+            return None
+        if t == 1 and not self.has_window:
+            return None
+        q_pos = torch.arange(start, start + t, device=device)[:, None]
+        k_pos = torch.arange(start + t, device=device)[None, :]
+        return k_pos <= q_pos  # (T, S)

@@ -1,0 +1,154 @@
+"""Weights: memory-mapped safetensors (single or sharded) assigned into a meta-device model.
+
+The network is built on the ``meta`` device (no memory), then each tensor is read from the
+memory-mapped file, cast, moved to the target device and assigned in place, so peak memory
+stays near one copy of the weights.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from smolchat.errors import ModelLoadError
+from smolchat.model.config import ModelConfig
+from smolchat.model.network import CausalLM
+
+Progress = Callable[[str, int, "int | None"], None]
+# Called for each linear weight (name, module, tensor on CPU); returns True if it handled it
+# (e.g. quantized it), False to let the loader assign the tensor as usual.
+LinearHook = Callable[[str, nn.Linear, torch.Tensor], bool]
+
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def safetensors_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"{index} is damaged ({exc}); re-download the model") from None
+        files = sorted({folder / name for name in weight_map.values()})
+        missing = [f.name for f in files if not f.exists()]
+        if missing:
+            raise ModelLoadError(
+                f"{folder} lacks weight shards {', '.join(missing[:3])}; re-download the model"
+            )
+        return files
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        if any(folder.glob("*.bin")) or any(folder.glob("*.pt")) or any(folder.glob("*.pth")):
+            raise ModelLoadError(
+                f"{folder} has only pickle weights (.bin/.pt), which smolchat never loads for "
+                "safety; use a safetensors or GGUF copy of the model"
+            )
+        raise ModelLoadError(f"no *.safetensors weights in {folder}; download the full model")
+    return files
+
+
+def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                for name in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                    yield name, f.get_tensor(name)
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(
+                f"weights file {path.name} is damaged or truncated ({type(exc).__name__}: "
+                f"{str(exc)[:120]}); delete it and download the model again"
+            ) from None
+
+
+def count_tensors(files: list[Path]) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                total += len(list(f.keys()))
+        except Exception as exc:
+            raise ModelLoadError(
+                f"weights file {path.name} is damaged or truncated ({type(exc).__name__}); "
+                "delete it and download the model again"
+            ) from None
+    return total
+
+
+def build_on_meta(cfg: ModelConfig) -> CausalLM:
+    with torch.device("meta"):
+        model = CausalLM(cfg)
+    return model
+
+
+def load_weights(
+    model: CausalLM,
+    tensors: Iterator[tuple[str, torch.Tensor]],
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    total: int | None = None,
+    progress: Progress | None = None,
+    linear_hook: LinearHook | None = None,
+) -> CausalLM:
+    """Assign every checkpoint tensor into ``model`` (built on meta); check nothing is missing."""
+    modules = dict(model.named_modules())
+    for done, (name, tensor) in enumerate(tensors, start=1):
+        if name.endswith(IGNORED_SUFFIXES):
+            continue
+        module_name, _, param_name = name.rpartition(".")
+        module = modules.get(module_name)
+        if module is None or param_name not in module._parameters:
+            raise ModelLoadError(
+                f"unexpected weight {name} in the checkpoint: it does not match the "
+                f"{model.config.architecture} architecture of config.json"
+            )
+        expected = module._parameters[param_name].shape
+        if tuple(tensor.shape) != tuple(expected):
+            raise ModelLoadError(
+                f"weight {name} has shape {tuple(tensor.shape)}, config.json implies "
+                f"{tuple(expected)}; the config and the weights do not match"
+            )
+        handled = (
+            linear_hook is not None
+            and isinstance(module, nn.Linear)
+            and param_name == "weight"
+            and linear_hook(module_name, module, tensor)
+        )
+        if not handled:
+            value = tensor.to(device=device, dtype=dtype)
+            module._parameters[param_name] = nn.Parameter(value, requires_grad=False)
+        del tensor
+        if progress is not None:
+            progress("weights", done, total)
+    if model.config.tie_word_embeddings:
+        model.tie_weights()
+    elif model.lm_head.weight.is_meta and not model.model.embed_tokens.weight.is_meta:
+        # Some checkpoints omit lm_head while config says untied; tying is the only sane reading.
+        model.lm_head.weight = model.model.embed_tokens.weight
+    missing = [n for n, p in model.named_parameters() if p.is_meta]
+    if missing:
+        raise ModelLoadError(
+            f"the checkpoint lacks {len(missing)} weights (first: {missing[0]}); "
+            "re-download the model"
+        )
+    # Buffers (RoPE frequencies) are computed, not loaded.
+    model.rotary.inv_freq = _rotary_buffer(model, device)
+    return model.eval()
+
+
+def _rotary_buffer(model: CausalLM, device: torch.device) -> torch.Tensor:
+    from smolchat.model.rope import inv_frequencies
+
+    inv_freq, scaling = inv_frequencies(model.config)
+    model.rotary.scaling = scaling
+    return inv_freq.to(device)
