@@ -39,7 +39,8 @@ def pick_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise DeviceError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from None
+        msg = f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps"
+        raise DeviceError(msg) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError("CUDA was asked for but no CUDA GPU is available; use --device cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():

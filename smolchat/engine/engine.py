@@ -89,8 +89,9 @@ class Engine:
             raise SmolchatError("the engine is already generating; wait for it or cancel it")
         try:
             self._cancel.clear()
-            yield from self._generate(list(ids), sampling or SamplingParams(), max_new_tokens,
-                                      stop_ids)
+            yield from self._generate(
+                list(ids), sampling or SamplingParams(), max_new_tokens, stop_ids
+            )
         finally:
             self._lock.release()
 
@@ -149,7 +150,8 @@ class Engine:
         stats.decode_s = time.perf_counter() - (t_first or t0)
         stats.finish_reason = finish
         self.last_stats = stats
-        yield GenerationEvent(token_id if finish == "stop" else None, decoder.flush(), finish, stats)
+        final_id = token_id if finish == "stop" else None
+        yield GenerationEvent(final_id, decoder.flush(), finish, stats)
 
     def _prefill(self, ids: list[int], stats: GenerationStats) -> torch.Tensor:
         """Run the ids the cache lacks; return the logits (V,) of the last position."""

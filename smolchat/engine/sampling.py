@@ -26,7 +26,7 @@ def apply_repetition_penalty(
 
 
 def filter_logits(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
-    """Mask every token outside top-k, then top-p, then min-p (transformers' order); ``logits`` is (V,) float32."""
+    """Mask tokens outside top-k, then top-p, then min-p (transformers' order); (V,) float32."""
     neg_inf = torch.finfo(logits.dtype).min
     if p.top_k > 0 and p.top_k < logits.shape[-1]:
         kth = torch.topk(logits, p.top_k).values[..., -1, None]

@@ -59,7 +59,6 @@ class SamplingParams:
         return replace(self, **changes)
 
 
-
 @dataclass
 class GenerationStats:
     """Figures for one call of ``Engine.generate``."""

@@ -33,7 +33,9 @@ class ModelSource:
     name: str  # what to show the user
 
 
-def resolve(model: str, revision: str | None = None, progress: Progress | None = None) -> ModelSource:
+def resolve(
+    model: str, revision: str | None = None, progress: Progress | None = None
+) -> ModelSource:
     """Turn the user's MODEL argument into local files, downloading from the hub if needed."""
     path = Path(model).expanduser()
     if path.is_file():

@@ -34,6 +34,7 @@ class Attention(nn.Module):
             cfg.num_key_value_heads,
             cfg.head_dim,
         )
+        self.gqa = self.n_kv != self.n_heads
         self.use_rope = cfg.use_rope[layer]
         self.window = cfg.sliding_window[layer]
         bias = cfg.attention_bias
@@ -63,7 +64,7 @@ class Attention(nn.Module):
         if self.window is not None and mask is not None:
             mask = _window(mask, start, self.window)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None and t > 1, enable_gqa=self.n_kv != self.n_heads
+            q, k, v, attn_mask=mask, is_causal=mask is None and t > 1, enable_gqa=self.gqa
         )  # (B, H, T, hd)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.hd))
 
