@@ -81,7 +81,7 @@ def download(repo_id: str, revision: str | None, progress: Progress | None) -> P
             pass
         raise ModelLoadError(
             f"cannot download {repo_id}: the hub is unreachable ({type(exc).__name__}) and it "
-            "is not in the local cache; run `hf download "
+            f"is not in the local cache{_suggest(repo_id)}; run `hf download "
             f"{repo_id}` where the hub is reachable (or copy the folder here and pass its path), "
             "then use HF_HUB_OFFLINE=1"
         ) from None
