@@ -1,0 +1,214 @@
+"""Plain mode (``--plain``) and one-shot helpers: a line REPL with rich, no textual.
+
+The same slash commands as the TUI (through :func:`smolchat.chat.commands.run_command`).
+Generation runs on a thread so that Ctrl+C in the main thread can stop it: the partial
+reply is kept; Ctrl+C (or Ctrl+D) at the prompt quits.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.text import Text
+
+from smolchat.chat.events import AnswerDelta, ChatEvent, ReasoningDelta, TurnFinished
+from smolchat.engine.types import GenerationStats
+from smolchat.errors import SmolchatError
+
+if TYPE_CHECKING:
+    from smolchat.chat.session import ChatSession
+
+T = TypeVar("T")
+ProgressFn = Callable[[str, int, "int | None"], None]
+STAGE_LABELS = {"download": "Downloading", "weights": "Loading weights"}
+
+
+def load_with_progress(load: Callable[[ProgressFn], T], console: Console) -> T:
+    """Run ``load(progress)`` showing a transient progress bar on ``console`` (if a terminal)."""
+    if not console.is_terminal:
+        return load(lambda stage, done, total: None)
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[amount]}"),
+        console=console,
+        transient=True,
+    )
+    tasks: dict[str, Any] = {}
+    download, count = DownloadColumn(), MofNCompleteColumn()
+
+    def progress(stage: str, done: int, total: int | None) -> None:
+        if stage not in tasks:
+            tasks[stage] = bars.add_task(STAGE_LABELS.get(stage, stage), total=total, amount="")
+        task_id = tasks[stage]
+        bars.update(task_id, completed=done, total=total)
+        task = bars.tasks[task_id]
+        column = download if stage == "download" else count
+        bars.update(task_id, amount=column.render(task))
+
+    with bars:
+        return load(progress)
+
+
+def consume(
+    stream: Iterator[ChatEvent],
+    session: ChatSession,
+    on_reasoning: Callable[[str], None],
+    on_answer: Callable[[str], None],
+) -> tuple[TurnFinished | None, bool]:
+    """Drain ``stream`` on a thread, calling back on this one; Ctrl+C cancels the turn.
+
+    Returns the final event (None if the stream raised nothing but ended early) and whether
+    Ctrl+C was pressed. An exception raised by the stream is raised here.
+    """
+    events: queue.Queue[ChatEvent | BaseException | None] = queue.Queue()
+
+    def pump() -> None:
+        try:
+            for event in stream:
+                events.put(event)
+        except BaseException as error:  # handed to the main thread
+            events.put(error)
+        events.put(None)
+
+    thread = threading.Thread(target=pump, name="smolchat-generate", daemon=True)
+    thread.start()
+    interrupted = False
+    finished: TurnFinished | None = None
+    while True:
+        try:
+            item = events.get(timeout=0.1)
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item, ReasoningDelta):
+                on_reasoning(item.text)
+            elif isinstance(item, AnswerDelta):
+                on_answer(item.text)
+            elif isinstance(item, TurnFinished):
+                finished = item
+        except queue.Empty:
+            continue
+        except KeyboardInterrupt:  # the turn ends within a token; keep draining
+            interrupted = True
+            session.cancel()
+    thread.join()
+    return finished, interrupted
+
+
+def stats_line(stats: GenerationStats | None, finish_reason: str | None) -> str:
+    """``42 tokens · 35.0 tok/s · TTFT 0.12s`` plus how the reply ended, if unusual."""
+    parts = []
+    if finish_reason == "cancelled":
+        parts.append("stopped")
+    elif finish_reason == "length":
+        parts.append("cut at max_new_tokens")
+    if stats is not None and stats.generated_tokens:
+        parts.append(f"{stats.generated_tokens} tokens")
+        if stats.decode_tok_s:
+            parts.append(f"{stats.decode_tok_s:.1f} tok/s")
+        parts.append(f"TTFT {stats.ttft_s:.2f}s")
+    return " · ".join(parts)
+
+
+class PlainChat:
+    """The ``--plain`` REPL over a session."""
+
+    def __init__(
+        self, session: ChatSession, console: Console | None = None, *, show_reasoning: bool = True
+    ) -> None:
+        self.session = session
+        self.console = console or Console(highlight=False)
+        self.show_reasoning = show_reasoning
+
+    def run(self, read: Callable[[str], str] | None = None) -> int:
+        """Read lines until /exit, EOF or Ctrl+C at the prompt; return the exit status."""
+        read = read or self.console.input
+        engine = self.session.engine
+        dtype = engine.quantize or str(engine.dtype).removeprefix("torch.")
+        self.console.print(
+            Text(f"smolchat · {engine.model_name} · {engine.device} · {dtype}", style="bold")
+        )
+        self.console.print(Text("/help lists the commands; Ctrl+C stops a reply.", style="dim"))
+        while True:
+            try:
+                line = read("\n> ")
+            except (EOFError, KeyboardInterrupt):
+                self.console.print()
+                return 0
+            if not line.strip():
+                continue
+            try:
+                if not self.handle(line.strip()):
+                    return 0
+            except SmolchatError as error:
+                self.console.print(Text(f"error: {error}", style="red"))
+
+    def handle(self, line: str) -> bool:
+        """Send a message or run a command; False when the REPL should end."""
+        from smolchat.chat.commands import is_command, run_command
+
+        if not is_command(line):
+            self.answer(self.session.send(line))
+            return True
+        result = run_command(self.session, line)
+        if result.action == "exit":
+            return False
+        if result.action == "generate" and result.stream is not None:
+            self.answer(result.stream)
+            return True
+        if result.action == "reasoning":
+            self.show_reasoning = result.arg == "show"
+            self.console.print(
+                Text(f"reasoning {'shown' if self.show_reasoning else 'hidden'}", style="dim")
+            )
+        elif result.action == "theme":
+            self.console.print(Text("themes apply to the TUI only", style="dim"))
+        elif result.message:
+            self.console.print(Markdown(result.message))
+        return True
+
+    def answer(self, stream: Iterator[ChatEvent]) -> None:
+        """Stream a reply: reasoning dimmed (if shown), then the answer text as it comes."""
+        out = self.console
+        state = {"reasoning": False, "answer": False}
+
+        def on_reasoning(text: str) -> None:
+            if self.show_reasoning:
+                if not state["reasoning"]:
+                    text = text.lstrip()
+                state["reasoning"] = True
+                out.print(Text(text, style="dim italic"), end="")
+
+        def on_answer(text: str) -> None:
+            if not state["answer"]:
+                text = text.lstrip()
+                if not text:
+                    return
+                if state["reasoning"]:
+                    out.print("\n")
+            state["answer"] = True
+            out.print(Text(text), end="")
+
+        started = time.monotonic()
+        finished, _ = consume(stream, self.session, on_reasoning, on_answer)
+        out.print()
+        if finished is None:
+            out.print(Text("error: the reply ended unexpectedly", style="red"))
+            return
+        if finished.error:
+            out.print(Text(f"error: {finished.error}", style="red"))
+        line = stats_line(finished.stats, finished.finish_reason)
+        if not line:
+            line = f"{time.monotonic() - started:.1f}s"
+        out.print(Text(line, style="dim"))
+        if self.session.autosave_error:
+            out.print(Text(self.session.autosave_error, style="yellow"))

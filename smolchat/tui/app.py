@@ -1,0 +1,186 @@
+"""The Textual app: a loading screen while the model loads, then the chat screen."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from textual import on, work
+from textual.app import App
+from textual.binding import Binding
+from textual.message import Message
+from textual.theme import Theme
+
+from smolchat.errors import SmolchatError
+from smolchat.tui.screens.chat import ChatScreen
+from smolchat.tui.screens.loading import LoadingScreen
+from smolchat.tui.themes import DEFAULT_THEME, available_themes, load_theme
+
+if TYPE_CHECKING:
+    from smolchat.chat.session import ChatSession
+
+Progress = Callable[[str, int, "int | None"], None]
+THEME_SOURCE = ("smolchat-theme", "")  # the stylesheet slot the current theme file fills
+THEME_PRIORITY = 100  # theme rules win over the app's own rules of equal specificity
+PROGRESS_EVERY_S = 0.05
+
+
+@dataclass
+class AppOptions:
+    """What the app needs to start: how to load the engine and build the session."""
+
+    model: str
+    load_engine: Callable[[Progress], Any]  # called on a thread; reports progress
+    make_session: Callable[[Any], ChatSession]  # called on the same thread, after loading
+    device: str = "auto"
+    dtype: str = "auto"
+    quantize: str | None = None
+    placement: Callable[[], tuple[str, str]] | None = None  # resolved (device, dtype)
+    theme: str = DEFAULT_THEME
+    show_reasoning: bool = False
+    resume: Path | None = None  # a transcript to load once the session exists
+    notices: list[str] = field(default_factory=list)  # shown once the chat opens
+
+
+class LoadCancelled(Exception):
+    """Raised inside the loader's progress callback when the app quits mid-load."""
+
+
+class SmolchatApp(App[None]):
+    """smolchat's TUI. ``error`` holds the one-line reason when it exits with code 1."""
+
+    TITLE = "smolchat"
+    CSS_PATH = "app.tcss"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [
+        Binding("ctrl+c", "stop_or_quit", "Stop / quit", show=False, priority=True),
+        Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
+    ]
+
+    class Loaded(Message):
+        """The engine and the session are ready."""
+
+        def __init__(self, session: ChatSession) -> None:
+            super().__init__()
+            self.session = session
+
+    class LoadFailed(Message):
+        def __init__(self, message: str) -> None:
+            super().__init__()
+            self.message = message
+
+    def __init__(self, options: AppOptions) -> None:
+        super().__init__()
+        self.options = options
+        self.error: str | None = None
+        self.theme_name = DEFAULT_THEME
+        self._closing = threading.Event()
+        self._theme_error = None if self._set_theme(options.theme) else options.theme
+        if self._theme_error:
+            self._set_theme(DEFAULT_THEME)
+
+    # ---- themes -----------------------------------------------------------------------
+    def apply_theme(self, name: str) -> bool:
+        """Switch to a theme from ``themes/``; an unknown name is reported, not raised."""
+        if self._set_theme(name):
+            self.notify(f"Theme: {name}")
+            return True
+        themes = ", ".join(available_themes())
+        self.notify(f"Unknown theme {name!r}. Themes: {themes}", severity="error")
+        return False
+
+    def _set_theme(self, name: str) -> bool:
+        try:
+            spec = load_theme(name)
+        except (KeyError, OSError):
+            return False
+        theme = Theme(name=f"smolchat-{spec.name}", dark=spec.dark, **spec.palette)
+        self.register_theme(theme)
+        self.stylesheet.add_source(spec.css, read_from=THEME_SOURCE, tie_breaker=THEME_PRIORITY)
+        self.theme_name = spec.name
+        if self.theme == theme.name:
+            if self.is_running:
+                self.refresh_css(animate=False)
+        else:
+            self.theme = theme.name
+        return True
+
+    # ---- loading ----------------------------------------------------------------------
+    def on_mount(self) -> None:
+        opts = self.options
+        screen = LoadingScreen(
+            opts.model, device=opts.device, dtype=opts.dtype, quantize=opts.quantize
+        )
+        self.push_screen(screen)
+        if self._theme_error:
+            self.apply_theme(self._theme_error)  # notifies, listing the themes
+        self.load(screen)
+
+    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
+    def load(self, screen: LoadingScreen) -> None:
+        """Load the engine and build the session, posting progress to the loading screen."""
+        opts = self.options
+        try:
+            if opts.placement is not None:
+                screen.post_message(LoadingScreen.Placement(*opts.placement()))
+            engine = opts.load_engine(self._progress_poster(screen))
+            session = opts.make_session(engine)
+        except LoadCancelled:
+            return
+        except SmolchatError as error:
+            self.post_message(self.LoadFailed(str(error)))
+            return
+        except Exception as error:
+            self.log.error(error)
+            self.post_message(self.LoadFailed(f"internal error: {type(error).__name__}: {error}"))
+            return
+        self.post_message(self.Loaded(session))
+
+    def _progress_poster(self, screen: LoadingScreen) -> Progress:
+        """A progress callback for the loading thread (posts at most every 50 ms per stage)."""
+        last: dict[str, float] = {}
+
+        def progress(stage: str, done: int, total: int | None) -> None:
+            if self._closing.is_set():
+                raise LoadCancelled
+            now = time.monotonic()
+            if done == total or now - last.get(stage, 0.0) >= PROGRESS_EVERY_S:
+                last[stage] = now
+                screen.post_message(LoadingScreen.Progress(stage, done, total))
+
+        return progress
+
+    @on(Loaded)
+    async def _on_loaded(self, message: Loaded) -> None:
+        session = message.session
+        if self.options.resume is not None:
+            try:
+                session.load(self.options.resume)
+                self.notify(f"Resumed {self.options.resume}")
+            except SmolchatError as error:
+                self.notify(str(error), severity="error")
+        await self.switch_screen(ChatScreen(session, show_reasoning=self.options.show_reasoning))
+        for notice in self.options.notices:
+            self.notify(notice, severity="warning")
+
+    @on(LoadFailed)
+    def _on_load_failed(self, message: LoadFailed) -> None:
+        self.error = message.message
+        self.exit(return_code=1)
+
+    # ---- quitting ---------------------------------------------------------------------
+    def action_stop_or_quit(self) -> None:
+        """Ctrl+C: stop the reply being generated; quit when idle."""
+        screen = self.screen
+        if isinstance(screen, ChatScreen) and screen.generating:
+            screen.action_stop()
+        else:
+            self.exit()
+
+    def exit(self, *args: Any, **kwargs: Any) -> None:
+        self._closing.set()  # a load in progress stops at its next progress report
+        super().exit(*args, **kwargs)

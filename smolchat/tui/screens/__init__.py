@@ -1,0 +1,1 @@
+"""smolchat's screens: loading, chat, help and the confirm dialog."""

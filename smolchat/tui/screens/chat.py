@@ -1,0 +1,407 @@
+"""The chat screen: conversation, prompt, status bar, and the generation worker."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Footer, TextArea
+from textual.worker import get_current_worker
+
+from smolchat.chat.commands import COMMANDS, complete, is_command, run_command
+from smolchat.chat.events import AnswerDelta, ChatEvent, ReasoningDelta, TurnFinished
+from smolchat.errors import ContextOverflowError, SmolchatError
+from smolchat.tui.screens.dialogs import ConfirmScreen, HelpScreen
+from smolchat.tui.widgets.conversation import AssistantMessage, NoteMessage, UserMessage
+from smolchat.tui.widgets.prompt import CommandHint, PromptInput
+from smolchat.tui.widgets.status import StatusBar, StatusInfo
+
+if TYPE_CHECKING:
+    from smolchat.chat.session import ChatSession
+
+StreamFactory = Callable[[], Iterator[ChatEvent]]
+FRAME_S = 1 / 30  # the worker posts streamed text at most this often
+
+
+class ChatScreen(Screen[None]):
+    """One conversation with a loaded model."""
+
+    CSS_PATH = "../chat.tcss"
+    BINDINGS = [
+        Binding("escape", "stop", "Stop"),
+        Binding("ctrl+y", "copy_reply", "Copy reply", priority=True),
+        Binding("ctrl+b", "copy_code", "Copy code"),
+        Binding("ctrl+r", "toggle_reasoning", "Reasoning"),
+        Binding("ctrl+t", "toggle_think", "Think"),
+        Binding("f1", "help", "Help"),
+    ]
+
+    class Chunk(Message):
+        """Streamed text gathered by the worker since its last post."""
+
+        def __init__(self, reasoning: str, answer: str) -> None:
+            super().__init__()
+            self.reasoning = reasoning
+            self.answer = answer
+
+    class TurnDone(Message):
+        """The session finished the turn (stopped and failed turns included)."""
+
+        def __init__(self, event: TurnFinished) -> None:
+            super().__init__()
+            self.event = event
+
+    class TurnFailed(Message):
+        """The turn raised before or while streaming; ``message`` is one line."""
+
+        def __init__(self, message: str, *, overflow: bool = False) -> None:
+            super().__init__()
+            self.message = message
+            self.overflow = overflow
+
+    def __init__(self, session: ChatSession, *, show_reasoning: bool = False) -> None:
+        super().__init__()
+        self.session = session
+        self.show_reasoning = show_reasoning
+        self.turn: Turn | None = None  # the turn being generated
+        self._shown: list[tuple[str, str]] = []  # (role, content) of the turns in the view
+
+    # ---- layout -----------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield VerticalScroll(id="conversation")
+        yield CommandHint({f"/{c.name}": _usage_line(c) for c in COMMANDS.values()}, id="hint")
+        yield PromptInput(
+            id="prompt",
+            completer=_complete,
+            placeholder="Message (Enter sends, Shift+Enter or Ctrl+J: new line, /help)",
+        )
+        yield StatusBar(id="status")
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        self.conversation.anchor()
+        await self.rebuild()
+        self.prompt.focus()
+
+    @property
+    def generating(self) -> bool:
+        return self.turn is not None
+
+    def on_unmount(self) -> None:
+        if self.generating:
+            self.session.cancel()
+
+    @property
+    def conversation(self) -> VerticalScroll:
+        return self.query_one("#conversation", VerticalScroll)
+
+    @property
+    def prompt(self) -> PromptInput:
+        return self.query_one("#prompt", PromptInput)
+
+    # ---- the view of the history ------------------------------------------------------
+    async def rebuild(self) -> None:
+        """Show the session's history afresh (after /load, /undo, /clear, /drop ...)."""
+        await self.conversation.remove_children()
+        widgets = []
+        for m in self.session.messages:
+            if m["role"] == "user":
+                widgets.append(UserMessage(m["content"]))
+            elif m["role"] == "assistant":
+                widgets.append(AssistantMessage(show_reasoning=self.show_reasoning))
+        await self.conversation.mount_all(widgets)
+        replies = iter(w for w in widgets if isinstance(w, AssistantMessage))
+        for m in self.session.messages:
+            if m["role"] == "assistant":
+                await next(replies).finish(
+                    m.get("reasoning") or "",
+                    m["content"],
+                    finish_reason=m.get("finish_reason"),
+                    stats=m.get("stats"),
+                )
+        self._shown = _history_key(self.session.messages)
+        self.conversation.scroll_end(animate=False)
+        self.refresh_status()
+
+    async def sync_view(self) -> None:
+        """Rebuild the view if a command changed the history."""
+        if _history_key(self.session.messages) != self._shown:
+            await self.rebuild()
+
+    def refresh_status(self) -> None:
+        engine = self.session.engine
+        settings = self.session.settings
+        self.query_one(StatusBar).show(
+            StatusInfo(
+                model=str(engine.model_name),
+                device=str(engine.device),
+                precision=engine.quantize or str(engine.dtype).removeprefix("torch."),
+                thinking=settings.thinking,
+                temperature=settings.sampling.temperature,
+                top_p=settings.sampling.top_p,
+                context_used=self.session.context_used(),
+                context_limit=self.session.context_limit(),
+                last_stats=self.session.last_stats,
+                busy=self.generating,
+            )
+        )
+
+    def note(self, text: str) -> None:
+        """Show a command's output in the conversation."""
+        self.conversation.mount(NoteMessage(text))
+
+    # ---- input ------------------------------------------------------------------------
+    @on(TextArea.Changed, "#prompt")
+    def _on_prompt_changed(self, event: TextArea.Changed) -> None:
+        self.query_one(CommandHint).show_for(event.text_area.text)
+
+    @on(PromptInput.Submitted)
+    async def _on_submitted(self, event: PromptInput.Submitted) -> None:
+        text = event.text
+        if self.generating:
+            self.notify("Still answering: press Esc to stop it first.", severity="warning")
+            event.prompt.load_text(text)
+            return
+        if is_command(text):
+            await self.run_slash(text)
+        else:
+            await self.start_turn(lambda: self.session.send(text), user_text=text)
+
+    async def run_slash(self, line: str) -> None:
+        """Run a slash command through the shared implementation and apply its action."""
+        try:
+            result = run_command(self.session, line)
+        except SmolchatError as error:
+            self.notify(str(error), severity="error")
+            return
+        action = result.action
+        if action == "exit":
+            self.app.exit()
+            return
+        if action == "generate" and result.stream is not None:
+            stream = result.stream
+            await self.start_turn(lambda: stream, user_text=None)
+            return
+        if action == "theme":
+            self.app.apply_theme(result.arg or "")  # type: ignore[attr-defined]
+        elif action == "reasoning":
+            self.set_show_reasoning(result.arg == "show")
+            self.notify(f"Reasoning {'shown' if self.show_reasoning else 'hidden'}.")
+        await self.sync_view()
+        if line.split()[0] == "/help":
+            self.app.push_screen(HelpScreen(result.message))
+        elif result.message and action not in ("theme", "reasoning"):
+            self.note(result.message)
+        self.refresh_status()
+
+    # ---- a turn -----------------------------------------------------------------------
+    async def start_turn(
+        self, factory: StreamFactory, *, user_text: str | None, drop: int = 0
+    ) -> None:
+        """Show the user's message and an empty reply, then stream into it from a thread."""
+        if user_text is None:  # /retry: the reply it replaces goes
+            replies = self.conversation.query(AssistantMessage)
+            if replies:
+                await replies.last().remove()
+        reply = AssistantMessage(show_reasoning=self.show_reasoning)
+        turn = Turn(factory, user_text, reply, drop)
+        await self.conversation.mount_all(turn.widgets)
+        self.conversation.anchor()
+        self.turn = turn
+        self.refresh_status()
+        self.generate(factory, drop)
+
+    @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
+    def generate(self, factory: StreamFactory, drop: int) -> None:
+        """Consume the session's stream; post text at most every FRAME_S, then the end.
+
+        ``drop``: the oldest exchanges to drop first (the answer to a context overflow).
+        """
+        worker = get_current_worker()
+        reasoning: list[str] = []
+        answer: list[str] = []
+        last_post = 0.0
+        try:
+            if drop:
+                self.session.drop_oldest(drop)
+            # send() checks the context when called, a generator when first advanced
+            for event in factory():
+                if worker.is_cancelled:
+                    self.session.cancel()
+                if isinstance(event, ReasoningDelta):
+                    reasoning.append(event.text)
+                elif isinstance(event, AnswerDelta):
+                    answer.append(event.text)
+                elif isinstance(event, TurnFinished):
+                    self.post_message(self.Chunk("".join(reasoning), "".join(answer)))
+                    self.post_message(self.TurnDone(event))
+                    return
+                now = time.monotonic()
+                if now - last_post >= FRAME_S:
+                    self.post_message(self.Chunk("".join(reasoning), "".join(answer)))
+                    reasoning.clear()
+                    answer.clear()
+                    last_post = now
+            self.post_message(self.TurnFailed("the reply ended without finishing"))
+        except ContextOverflowError as error:
+            self.post_message(self.TurnFailed(str(error), overflow=True))
+        except SmolchatError as error:
+            self.post_message(self.TurnFailed(str(error)))
+        except Exception as error:  # never crash the UI; the log keeps the traceback
+            self.log.error(error)
+            self.post_message(self.TurnFailed(f"internal error: {type(error).__name__}: {error}"))
+
+    @on(Chunk)
+    async def _on_chunk(self, message: Chunk) -> None:
+        if self.turn is not None:
+            self.turn.reply.add_reasoning(message.reasoning)
+            await self.turn.reply.add_answer(message.answer)
+
+    @on(TurnDone)
+    async def _on_turn_done(self, message: TurnDone) -> None:
+        event = message.event
+        turn, self.turn = self.turn, None
+        if turn is not None:
+            await turn.reply.finish(
+                event.reasoning,
+                event.answer,
+                finish_reason=event.finish_reason,
+                stats=event.stats,
+                error=event.error,
+            )
+        if event.error:
+            self.notify(event.error, title="Generation failed", severity="error")
+        if self.session.autosave_error:
+            self.notify(self.session.autosave_error, title="Autosave failed", severity="error")
+        if turn is not None and turn.drop:  # the oldest turns went: show the history as it is
+            await self.rebuild()
+        self._shown = _history_key(self.session.messages)
+        self.refresh_status()
+
+    @on(TurnFailed)
+    async def _on_turn_failed(self, message: TurnFailed) -> None:
+        turn, self.turn = self.turn, None
+        if turn is None:
+            return
+        self.refresh_status()
+        if message.overflow:  # nothing was generated: take the turn back, offer to make room
+            for widget in turn.widgets:
+                await widget.remove()
+            if turn.user_text is not None:
+                self.prompt.load_text(turn.user_text)
+            drop = _drop_hint(message.message)
+            if drop and turn.user_text is not None:
+                question = f"{message.message}\n\nDrop the {drop} oldest exchange(s) and send?"
+                self.app.push_screen(
+                    ConfirmScreen(question, yes=f"Drop {drop} and send"),
+                    lambda yes: self._after_overflow(bool(yes), turn, drop),
+                )
+                return
+        else:
+            reply = turn.reply
+            await reply.finish(
+                reply.reasoning_text,
+                reply.answer_text,
+                finish_reason="error",
+                error=message.message,
+            )
+        self.notify(message.message, title="Generation failed", severity="error")
+
+    async def _after_overflow(self, yes: bool, turn: Turn, drop: int) -> None:
+        if yes:
+            self.prompt.clear()
+            await self.start_turn(turn.factory, user_text=turn.user_text, drop=drop)
+
+    # ---- actions ----------------------------------------------------------------------
+    def action_stop(self) -> None:
+        """Stop the reply being generated (the partial reply is kept, marked stopped)."""
+        if self.generating:
+            self.session.cancel()
+            for worker in self.workers:
+                if worker.group == "generate":
+                    worker.cancel()
+
+    def _last_reply(self) -> AssistantMessage | None:
+        replies = [r for r in self.conversation.query(AssistantMessage) if r.answer_text]
+        return replies[-1] if replies else None
+
+    def action_copy_reply(self) -> None:
+        reply = self._last_reply()
+        if reply is None:
+            self.notify("No reply to copy yet.", severity="warning")
+            return
+        self.app.copy_to_clipboard(reply.answer_text)
+        self.notify(f"Copied the last reply ({len(reply.answer_text):,} characters).")
+
+    def action_copy_code(self) -> None:
+        for reply in reversed(list(self.conversation.query(AssistantMessage))):
+            blocks = reply.code_blocks()
+            if blocks:
+                self.app.copy_to_clipboard(blocks[-1])
+                self.notify(f"Copied a code block ({len(blocks[-1].splitlines())} lines).")
+                return
+        self.notify("No code block to copy.", severity="warning")
+
+    def action_toggle_reasoning(self) -> None:
+        self.set_show_reasoning(not self.show_reasoning)
+        self.notify(f"Reasoning {'shown' if self.show_reasoning else 'hidden'} by default.")
+
+    def set_show_reasoning(self, show: bool) -> None:
+        """Set whether finished replies show their reasoning, for old and new replies."""
+        self.show_reasoning = show
+        for reply in self.conversation.query(AssistantMessage):
+            reply.set_show_reasoning(show)
+
+    async def action_toggle_think(self) -> None:
+        if not self.generating:
+            await self.run_slash("/no_think" if self.session.settings.thinking else "/think")
+
+    def action_help(self) -> None:
+        try:
+            text = run_command(self.session, "/help").message
+        except SmolchatError as error:
+            text = str(error)
+        self.app.push_screen(HelpScreen(text))
+
+
+@dataclass
+class Turn:
+    """A turn being generated: how it was started and the widgets it added."""
+
+    factory: StreamFactory
+    user_text: str | None  # None for /retry
+    reply: AssistantMessage
+    drop: int = 0  # oldest exchanges dropped before it (after a context overflow)
+    widgets: list[Widget] = field(init=False)
+
+    def __post_init__(self) -> None:
+        user = [] if self.user_text is None else [UserMessage(self.user_text)]
+        self.widgets = [*user, self.reply]
+
+
+def _drop_hint(message: str) -> int:
+    """N from the "/drop N" a context-overflow message suggests (0 if it suggests none)."""
+    match = re.search(r"/drop (\d+)", message)
+    return int(match.group(1)) if match else 0
+
+
+def _history_key(messages: list[dict]) -> list[tuple[str, str]]:
+    return [(m["role"], m.get("content", "")) for m in messages]
+
+
+def _complete(prefix: str) -> list[str]:
+    return [f"/{name.lstrip('/')}" for name in complete(prefix)]
+
+
+def _usage_line(command: Any) -> str:
+    return f"{command.usage}  —  {command.help}"

@@ -1,0 +1,82 @@
+"""The loading screen: which model, where and how, and real progress of download and weights."""
+
+from __future__ import annotations
+
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Center, Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Label, ProgressBar, Static
+
+STAGES = {"download": "Downloading", "weights": "Loading weights"}
+
+
+class LoadingScreen(Screen[None]):
+    """Shown while the model loads; fed by messages posted from the loading thread."""
+
+    CSS_PATH = "../loading.tcss"
+
+    class Progress(Message):
+        """``stage`` ("download": bytes, "weights": tensors), ``done`` of ``total``."""
+
+        def __init__(self, stage: str, done: int, total: int | None) -> None:
+            super().__init__()
+            self.stage = stage
+            self.done = done
+            self.total = total
+
+    class Placement(Message):
+        """The device and dtype chosen for the model."""
+
+        def __init__(self, device: str, dtype: str) -> None:
+            super().__init__()
+            self.device = device
+            self.dtype = dtype
+
+    def __init__(self, model: str, *, device: str, dtype: str, quantize: str | None) -> None:
+        super().__init__()
+        self.model = model
+        self.device = device
+        self.dtype = dtype
+        self.quantize = quantize
+
+    def compose(self) -> ComposeResult:
+        with Center(), Vertical(id="loading-box"):
+            yield Label("smolchat", id="loading-title")
+            yield Static(self.model, id="loading-model", markup=False)
+            yield Static(self._placement_text(), id="loading-placement", markup=False)
+            yield Static("Starting…", id="loading-stage", markup=False)
+            yield ProgressBar(total=None, show_eta=False, id="loading-bar")
+
+    def _placement_text(self) -> str:
+        quant = self.quantize or "none"
+        return f"device {self.device} · dtype {self.dtype} · quantization {quant}"
+
+    @on(Placement)
+    def _on_placement(self, message: Placement) -> None:
+        self.device, self.dtype = message.device, message.dtype
+        self.query_one("#loading-placement", Static).update(self._placement_text())
+
+    @on(Progress)
+    def _on_progress(self, message: Progress) -> None:
+        label = STAGES.get(message.stage, message.stage.capitalize())
+        if message.stage == "download":
+            amount = _bytes(message.done) + (f" / {_bytes(message.total)}" if message.total else "")
+        else:
+            amount = f"{message.done:,}" + (f" / {message.total:,}" if message.total else "")
+            amount += " tensors" if message.stage == "weights" else ""
+        self.query_one("#loading-stage", Static).update(f"{label}  {amount}")
+        self.query_one("#loading-bar", ProgressBar).update(
+            total=message.total, progress=message.done
+        )
+
+
+def _bytes(n: int) -> str:
+    """A byte count in human units."""
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")

@@ -1,0 +1,83 @@
+"""Themes: ``.tcss`` files shipped in ``themes/`` (no textual import here, the CLI uses it).
+
+A theme file starts with palette declarations (``$primary: #d79921;`` ...) that become a
+Textual theme, so every built-in widget follows it; the rules after them style smolchat's
+own widgets and may use any Textual variable (``$primary``, ``$text-muted``, ...).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import smolchat
+
+DEFAULT_THEME = "dark"
+PALETTE_KEYS = (
+    "primary",
+    "secondary",
+    "accent",
+    "warning",
+    "error",
+    "success",
+    "foreground",
+    "background",
+    "surface",
+    "panel",
+    "boost",
+)
+_DECLARATION = re.compile(r"^\s*\$([a-z][a-z0-9-]*)\s*:\s*([^;]+);", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class ThemeSpec:
+    """One theme file: its name, CSS source and the palette declared at its top."""
+
+    name: str
+    path: Path
+    css: str
+    palette: dict[str, str]
+
+    @property
+    def dark(self) -> bool:
+        """Whether the background is dark (decides Textual's light/dark derivations)."""
+        return _brightness(self.palette.get("background", "#000000")) < 0.5
+
+
+def theme_dirs() -> list[Path]:
+    """Where shipped themes live: inside the installed package, or the checkout's ``themes/``."""
+    package = Path(smolchat.__file__).resolve().parent
+    return [package / "themes", package.parent / "themes"]
+
+
+def available_themes() -> dict[str, Path]:
+    """Theme name -> file, sorted by name (the first folder that has a name wins)."""
+    found: dict[str, Path] = {}
+    for folder in theme_dirs():
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.tcss")):
+                found.setdefault(path.stem, path)
+    return dict(sorted(found.items()))
+
+
+def load_theme(name: str) -> ThemeSpec:
+    """Read a theme by name; ``KeyError`` (listing the known names) if there is none."""
+    themes = available_themes()
+    if name not in themes:
+        raise KeyError(f"unknown theme {name!r}; themes: {', '.join(themes) or 'none found'}")
+    path = themes[name]
+    css = path.read_text(encoding="utf-8")
+    palette = {k: v.strip() for k, v in _DECLARATION.findall(css) if k in PALETTE_KEYS}
+    if "primary" not in palette:
+        raise KeyError(f"theme {name!r} ({path}) declares no $primary colour")
+    return ThemeSpec(name, path, css, palette)
+
+
+def _brightness(colour: str) -> float:
+    """Perceived brightness (0..1) of a ``#rrggbb`` colour; 0 for anything else."""
+    match = re.fullmatch(r"#([0-9a-fA-F]{6})", colour.strip())
+    if not match:
+        return 0.0
+    r, g, b = (int(match.group(1)[i : i + 2], 16) / 255 for i in (0, 2, 4))
+    return 0.299 * r + 0.587 * g + 0.114 * b

@@ -1,0 +1,1 @@
+"""smolchat's widgets: conversation entries, the prompt and the status bar."""

@@ -1,0 +1,145 @@
+"""The prompt: a multi-line text area with history and slash-command completion."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from textual import events
+from textual.message import Message
+from textual.widgets import Static, TextArea
+
+NEWLINE_KEYS = ("shift+enter", "ctrl+j", "alt+enter")
+
+
+class PromptInput(TextArea):
+    """Enter sends; Shift+Enter / Ctrl+J add a newline; Up/Down at the first/last line walk the
+    history; Tab completes a slash command."""
+
+    class Submitted(Message):
+        """The user pressed Enter on a non-empty prompt."""
+
+        def __init__(self, prompt: PromptInput, text: str) -> None:
+            super().__init__()
+            self.prompt = prompt
+            self.text = text
+
+        @property
+        def control(self) -> PromptInput:
+            return self.prompt
+
+    def __init__(
+        self,
+        *,
+        completer: Callable[[str], list[str]] | None = None,
+        id: str | None = None,
+        placeholder: str = "",
+    ) -> None:
+        super().__init__(
+            "",
+            id=id,
+            soft_wrap=True,
+            show_line_numbers=False,
+            compact=True,
+            highlight_cursor_line=False,
+            placeholder=placeholder,
+        )
+        self.completer = completer
+        self.history: list[str] = []
+        self._history_index: int | None = None  # None: editing the draft
+        self._draft = ""
+
+    async def _on_key(self, event: events.Key) -> None:
+        key = event.key
+        handled = True
+        if key == "enter":
+            self._submit()
+        elif key in NEWLINE_KEYS:
+            self.insert("\n")
+        elif key == "up" and self.cursor_at_first_line and self.history:
+            self.history_back()
+        elif key == "down" and self.cursor_at_last_line and self._history_index is not None:
+            self.history_forward()
+        elif key == "tab" and self.text.startswith("/") and self.completer is not None:
+            self.complete_command()
+        else:
+            handled = False
+        if handled:
+            event.stop()
+            event.prevent_default()
+        else:
+            await super()._on_key(event)
+
+    def _submit(self) -> None:
+        text = self.text.strip()
+        if not text:
+            return
+        if not self.history or self.history[-1] != text:
+            self.history.append(text)
+        self._history_index = None
+        self._draft = ""
+        self.clear()
+        self.post_message(self.Submitted(self, text))
+
+    def history_back(self) -> None:
+        """Show the previous entry of the history (the draft is kept)."""
+        if self._history_index is None:
+            self._draft = self.text
+            self._history_index = len(self.history)
+        if self._history_index > 0:
+            self._history_index -= 1
+            self._show(self.history[self._history_index], at_end=False)
+
+    def history_forward(self) -> None:
+        """Show the next entry of the history, then the draft again."""
+        assert self._history_index is not None
+        self._history_index += 1
+        if self._history_index >= len(self.history):
+            self._history_index = None
+            self._show(self._draft, at_end=True)
+        else:
+            self._show(self.history[self._history_index], at_end=True)
+
+    def _show(self, text: str, *, at_end: bool) -> None:
+        self.load_text(text)
+        # older entries open at their first line (so Up keeps going), newer at their end
+        self.move_cursor(self.document.end if at_end else (0, len(self.document[0])))
+
+    def complete_command(self) -> None:
+        """Complete the command name to the longest prefix shared by the matches."""
+        assert self.completer is not None
+        word = self.text.split(" ", 1)[0]
+        if " " in self.text or "\n" in self.text:
+            return
+        matches = self.completer(word)
+        if not matches:
+            return
+        common = matches[0]
+        for match in matches[1:]:
+            while not match.startswith(common):
+                common = common[:-1]
+        completed = common + (" " if len(matches) == 1 else "")
+        if len(completed) > len(self.text):
+            self.load_text(completed)
+            self.move_cursor(self.document.end)
+
+
+class CommandHint(Static):
+    """A line above the prompt listing the slash commands that match what is typed."""
+
+    def __init__(self, usages: dict[str, str], *, id: str | None = None) -> None:
+        super().__init__("", markup=False, id=id)
+        self.usages = usages  # "/name" -> "usage — help"
+        self.display = False
+
+    def show_for(self, text: str) -> None:
+        """Update for the prompt's text: shown only while typing a command name."""
+        first = text.split(" ", 1)[0]
+        if not text.startswith("/") or "\n" in text:
+            self.display = False
+            return
+        if " " in text:  # the name is typed: show its usage
+            matches = [u for name, u in self.usages.items() if name == first]
+        else:
+            matches = [u for name, u in self.usages.items() if name.startswith(first)]
+        self.display = bool(matches)
+        self.update("\n".join(matches[:8]))
