@@ -2,7 +2,7 @@
 
 :meth:`Tokenizer.encode_chat` is how the chat layer turns a conversation into prompt ids without
 letting message text inject control tokens. It renders the template with every control-token
-string found in the caller's strings wrapped in two private-use marker characters, then encodes
+string found in the caller's strings wrapped in two rare marker characters, then encodes
 the rendering piece by piece: marked strings as plain text, everything else (the template's own
 text and control tokens) normally. A rendering without markers is encoded in one go, so for
 ordinary text the ids are exactly ``encode(apply_chat_template(...))``. The markers survive the
@@ -42,9 +42,10 @@ SPECIAL_TOKEN_KEYS = (
     "mask_token",
 )
 
-# Private-use characters (plane 15) that bracket control-token strings from the caller's input.
-_MARK_START = "\U000f0f70"
-_MARK_END = "\U000f0f71"
+# Two rare characters that bracket control-token strings from the caller's input. They must be
+# printable: templates print tools with Python's repr (``tool | string``), which escapes others.
+_MARK_START = "\U0001f700"  # ALCHEMICAL SYMBOL FOR QUINTESSENCE
+_MARK_END = "\U0001f701"  # ALCHEMICAL SYMBOL FOR AIR
 _REPLACEMENT = "\ufffd"
 
 
@@ -119,8 +120,10 @@ class Tokenizer:
         if special_map.is_file():
             config.update(_read_json(special_map, "special_tokens_map.json"))
         tok_config = path / "tokenizer_config.json"
-        if tok_config.is_file():
-            config.update(_read_json(tok_config, "tokenizer_config.json"))
+        if tok_config.is_file():  # wins over special_tokens_map.json, except with null values
+            for key, value in _read_json(tok_config, "tokenizer_config.json").items():
+                if value is not None or key not in config:
+                    config[key] = value
         template_file = path / "chat_template.jinja"
         if template_file.is_file():
             config["chat_template"] = template_file.read_text(encoding="utf-8")
@@ -238,7 +241,9 @@ class Tokenizer:
         cached = self._control_cache.get(template)
         if cached is None:
             tokens = sorted(set(self.control_tokens(template)), key=len, reverse=True)
-            alternatives = "|".join(re.escape(t) for t in tokens) or "(?!)"
+            # the marker characters themselves are marked too: a user who types one gets it
+            # back as text, and cannot forge a marked region
+            alternatives = "|".join(re.escape(t) for t in [*tokens, _MARK_START, _MARK_END])
             control_re = re.compile(alternatives)
             pieces_re = re.compile(
                 f"{_MARK_START}({alternatives}){_MARK_END}|[{_MARK_START}{_MARK_END}]"
@@ -290,12 +295,11 @@ class Tokenizer:
 
 
 def _mark(value: Any, control_re: re.Pattern[str]) -> Any:
-    """Bracket every control-token string inside ``value`` (strings, lists, dicts) with the
-    private markers; markers already present in the input are removed first (no forging)."""
+    """Bracket every control-token string (and marker character) inside ``value`` (strings,
+    lists, dicts; not dict keys) with the markers."""
     if isinstance(value, TrustedText):
         return value.marked(lambda s: _mark(s, control_re))
     if isinstance(value, str):
-        value = value.replace(_MARK_START, "").replace(_MARK_END, "")
         return control_re.sub(lambda m: f"{_MARK_START}{m.group(0)}{_MARK_END}", value)
     if isinstance(value, Mapping):
         return {k: _mark(v, control_re) for k, v in value.items()}
