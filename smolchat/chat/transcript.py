@@ -95,7 +95,7 @@ def _inline(text: str, limit: int = 80) -> str:
     if len(line) > limit:
         line = line[: limit - 1].rstrip() + "…"
     line = line.encode("utf-8", "replace").decode("utf-8")
-    return re.sub(r"([\\`*_\[\]<>|#~&!])", r"\\\1", line)
+    return re.sub(r"([\\`*\[\]<>|#&!])", r"\\\1", line)
 
 
 def _code_span(text: str) -> str:
