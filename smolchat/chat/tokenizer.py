@@ -345,7 +345,7 @@ class StreamDecoder:
 
     def _advance(self, text: str) -> str:
         delta = text[self._prefix_len :]
-        self._window = self._window[self._read :]
+        self._window = self._window[max(self._read, len(self._window) - 4) :]
         self._read = len(self._window)
         self._prefix_len = len(self._decode(self._window, skip_special_tokens=False))
         return delta
