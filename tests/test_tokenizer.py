@@ -369,3 +369,19 @@ def test_real_smollm2_tokenizer_from_parts(smollm2_parts):
     decoder = tok.stream_decoder()
     ids = tok.encode("Paris 🍎 日本語 <|im_end|>")
     assert "".join(decoder.add(i) for i in ids) + decoder.flush() == tok.decode(ids)
+
+
+@pytest.mark.slow
+def test_gguf_loader_parts_match_transformers_conversion(smollm2_gguf, smollm2_parts):
+    """What the GGUF reader feeds from_parts encodes like transformers' own conversion."""
+    gguf = pytest.importorskip("smolchat.model.gguf")
+    header = gguf.read_gguf_header(smollm2_gguf)
+    ours = Tokenizer.from_parts(header.tokenizer_json, header.tokenizer_config)
+    reference = Tokenizer.from_parts(*smollm2_parts)
+    assert ours.vocab_size == reference.vocab_size
+    assert ours.eos_token_ids == reference.eos_token_ids
+    assert ours.chat_template == reference.chat_template
+    for text in [*TEXTS, "numbers 1234567 and code: x_1 = f(y)\n\n\n  done"]:
+        assert ours.encode(text) == reference.encode(text)
+    msgs = [{"role": "user", "content": INJECTION}]
+    assert ours.encode_chat(msgs) == reference.encode_chat(msgs)
