@@ -452,3 +452,21 @@ def test_prompt_opens_reasoning(tok, pinned):
     assert not prompt_opens_reasoning(tok.apply_chat_template(user, enable_thinking=False))
     assert prompt_opens_reasoning("<|im_start|>assistant\n<think>\n")
     assert not prompt_opens_reasoning("<think>\nunfinished reasoning of an old turn<|im_end|>\nx")
+
+
+def test_pinned_time_is_per_thread():
+    import threading
+
+    msgs = [{"role": "user", "content": "x"}]
+    template = "{{ strftime_now('%Y') }}"
+    seen = []
+    with pinned_time(datetime(1990, 1, 1)):
+        worker = threading.Thread(
+            target=lambda: seen.append(
+                render_chat_template(template, msgs, add_generation_prompt=False)
+            )
+        )
+        worker.start()
+        worker.join()
+        assert render_chat_template(template, msgs, add_generation_prompt=False) == "1990"
+    assert seen and seen[0] != "1990"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -34,8 +35,10 @@ __all__ = [
     "set_clock",
 ]
 
-# The clock behind ``strftime_now``; tests pin it (the SmolLM3 template prints today's date).
+# The clock behind ``strftime_now`` (the SmolLM3 template prints today's date). ``set_clock``
+# replaces it process-wide; ``pinned_time`` overrides it in the current thread/context only.
 _clock: Callable[[], datetime] = datetime.now
+_pinned: ContextVar[datetime | None] = ContextVar("smolchat_pinned_time", default=None)
 
 # Names a message's reasoning may be given under; templates conventionally read the first.
 _REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
@@ -49,13 +52,13 @@ def set_clock(clock: Callable[[], datetime] | None) -> None:
 
 @contextlib.contextmanager
 def pinned_time(when: datetime) -> Iterator[None]:
-    """Within the block, ``strftime_now`` formats ``when`` (for reproducible renderings)."""
-    previous = _clock
-    set_clock(lambda: when)
+    """Within the block (this thread only), ``strftime_now`` formats ``when``: reproducible
+    renderings, and a chat whose system prompt keeps its date (so its KV cache stays valid)."""
+    token = _pinned.set(when)
     try:
         yield
     finally:
-        set_clock(previous)
+        _pinned.reset(token)
 
 
 class _Raised(jinja2.exceptions.TemplateError):
@@ -67,7 +70,8 @@ def _raise_exception(message: Any) -> None:
 
 
 def _strftime_now(fmt: str) -> str:
-    return _clock().strftime(fmt)
+    pinned = _pinned.get()
+    return (pinned if pinned is not None else _clock()).strftime(fmt)
 
 
 def _tojson(
