@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smolchat.chat.tokenizer import StreamDecoder, Tokenizer
-from tests.tiny import SPECIAL_TOKENS, build_tokenizer
+from tests.tiny import CHATML_TEMPLATE, SPECIAL_TOKENS, build_tokenizer
 
 CONFIG = {"eos_token": "<|im_end|>"}
 
@@ -22,6 +22,10 @@ def byte_level(tmp_path_factory) -> Tokenizer:
 
 @pytest.fixture(scope="module")
 def sentencepiece_like() -> Tokenizer:
+    return build_sentencepiece_like()
+
+
+def build_sentencepiece_like() -> Tokenizer:
     """A Llama-2 style tokenizer: Metaspace, byte fallback, a decoder that strips the first
     space (so decoding a token alone differs from decoding it in context)."""
     from tokenizers import Tokenizer as Backend
@@ -45,8 +49,8 @@ def sentencepiece_like() -> Tokenizer:
             decoders.Strip(" ", 1, 0),
         ]
     )
-    backend.add_special_tokens(["<|im_end|>"])
-    return Tokenizer(backend, CONFIG)
+    backend.add_special_tokens(["<|im_end|>", "<|im_start|>"])
+    return Tokenizer(backend, {**CONFIG, "chat_template": CHATML_TEMPLATE})
 
 
 def stream(tok: Tokenizer, ids: list[int]) -> list[str]:

@@ -259,20 +259,26 @@ class Tokenizer:
         return tokenizers.Tokenizer.from_str(json.dumps(spec))
 
     @cached_property
-    def _newline_ids(self) -> tuple[list[int], list[int]]:
-        return (
-            self._tok.encode("\n", add_special_tokens=False).ids,
-            self._plain.encode("\n", add_special_tokens=False).ids,
-        )
+    def _anchors(self) -> tuple[list[int] | None, list[int] | None]:
+        """Per backend (full, plain): the ids of "\n" if that backend treats the start of a
+        text specially (SentencePiece's prefix space), else None (byte-level BPE)."""
+        found = []
+        for backend in (self._tok, self._plain):
+            newline = backend.encode("\n", add_special_tokens=False).ids
+            alone = backend.encode("a", add_special_tokens=False).ids
+            after = backend.encode("\na", add_special_tokens=False).ids
+            found.append(None if after == newline + alone else newline)
+        return found[0], found[1]
 
     def _encode_piece(self, piece: str, plain: bool) -> list[int]:
-        """Encode a piece from the middle of a rendering. It is encoded after a newline (then
-        dropped) so tokenizers that add a prefix space at the start of a text do not."""
+        """Encode a piece from the middle of a rendering. Where the tokenizer adds a prefix
+        space at the start of a text, encode it after a newline and drop that again."""
         backend = self._plain if plain else self._tok
-        newline = self._newline_ids[1 if plain else 0]
-        ids = backend.encode("\n" + piece, add_special_tokens=False).ids
-        if newline and ids[: len(newline)] == newline:
-            return ids[len(newline) :]
+        newline = self._anchors[1 if plain else 0]
+        if newline:
+            ids = backend.encode("\n" + piece, add_special_tokens=False).ids
+            if ids[: len(newline)] == newline:
+                return ids[len(newline) :]
         return backend.encode(piece, add_special_tokens=False).ids
 
     def _encode_marked(self, text: str, pieces_re: re.Pattern[str]) -> list[int]:
