@@ -171,6 +171,19 @@ def test_tokenizer_config(ours, hf_tokenizer) -> None:
     assert tc["added_tokens_decoder"]["1"]["special"] is True
 
 
+def test_chat_tokenizer_from_parts(ours, hf_tokenizer) -> None:
+    """The chat layer's Tokenizer takes our two parts and renders the GGUF's own template."""
+    from smolchat.chat.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_parts(ours.tokenizer_json, ours.tokenizer_config)
+    expected = hf_tokenizer.apply_chat_template(
+        MESSAGES, tokenize=False, add_generation_prompt=True
+    )
+    assert tok.apply_chat_template(MESSAGES, add_generation_prompt=True) == expected
+    assert tok.encode(expected) == hf_tokenizer.encode(expected, add_special_tokens=False)
+    assert 2 in tok.eos_token_ids  # <|im_end|>
+
+
 # -- small files written with gguf.GGUFWriter ------------------------------------------------
 
 

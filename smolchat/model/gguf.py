@@ -59,7 +59,7 @@ _BLOCK_NAMES = {
 }
 _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 
-# GGUF metadata value types -> struct format (scalars) and numpy dtype (arrays of scalars).
+# GGUF metadata value types -> struct format (also the numpy dtype of arrays of them).
 _SCALAR_FMT = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
                10: "<Q", 11: "<q", 12: "<d"}  # fmt: skip
 _STRING, _ARRAY = 8, 9
@@ -227,6 +227,8 @@ def dequantize(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> torch
         return torch.from_numpy(raw.copy()).view(FLOAT_TYPES[qtype]).reshape(shape)
     if qtype not in BLOCK_TYPES:
         raise ModelLoadError(f"GGML type {qtype.name} is not supported")
+    if raw.size == 0:
+        return torch.empty(shape, dtype=torch.float32)
     cols = shape[-1] if shape else 1
     rows = raw.size // (cols // GGML_QUANT_SIZES[qtype][0] * GGML_QUANT_SIZES[qtype][1])
     blocks = raw.reshape(rows, -1)
@@ -283,6 +285,8 @@ def build_config(f: GGUFFile) -> dict[str, Any]:
     """A transformers-style ``config.json`` dict from the file's metadata and tensor table."""
     meta, name = f.metadata, f.path.name
     arch = meta.get("general.architecture")
+    if arch is None:
+        raise ModelLoadError(f"{name} lacks general.architecture metadata; convert it again")
     if arch not in ARCHITECTURES:
         raise ModelLoadError(
             f"{name} holds a {arch!r} model; smolchat runs GGUF files of the "
