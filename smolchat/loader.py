@@ -80,13 +80,22 @@ def load(
     if quantize not in (None, "nf4"):
         raise ModelLoadError(f"unknown quantization {quantize!r}: use nf4 or none")
     dev = pick_device(device)
-    dt = pick_dtype(dtype, dev)
     source = resolve(str(model), revision, progress)
+    prequantized = None
+    if source.kind != "gguf":
+        from smolchat.model.config import read_json
+        from smolchat.model.quant import prequantized_kind
+
+        prequantized = prequantized_kind(read_json(source.path / "config.json", "config.json"))
+        quantize = quantize or prequantized  # a 4-bit checkpoint stays 4-bit
+    if quantize == "nf4" and dtype == "auto":
+        dtype = torch.bfloat16  # NF4 computes in bf16 (the norms and embeddings stay bf16)
+    dt = pick_dtype(dtype, dev)
     hook = None
     if quantize == "nf4":
         from smolchat.model.quant import nf4_linear_hook
 
-        hook = nf4_linear_hook(dev)
+        hook = nf4_linear_hook(dev, dt)
     if source.kind == "gguf":
         from smolchat.model.gguf import iter_gguf_tensors, read_gguf_header
 
@@ -102,6 +111,10 @@ def load(
         files = safetensors_files(folder)
         tokenizer = Tokenizer.from_dir(folder)
         tensors, total = iter_safetensors(files), count_tensors(files)
+        if prequantized:
+            from smolchat.model.quant import dequantize_checkpoint
+
+            tensors = dequantize_checkpoint(tensors, dev, dt)
     net = build_on_meta(cfg)
     try:
         load_weights(net, tensors, dev, dt, total=total, progress=progress, linear_hook=hook)
@@ -111,7 +124,7 @@ def load(
             "try --quantize nf4, or --device cpu"
         ) from None
     eos = set(cfg.eos_token_ids) | set(gen.eos_token_ids) | set(tokenizer.eos_token_ids)
-    return Engine(
+    engine = Engine(
         net,
         tokenizer,
         model_name=source.name,
@@ -119,3 +132,8 @@ def load(
         generation_defaults=gen.sampling,
         quantize=quantize,
     )
+    if engine.fast is not None:  # compile + capture the CUDA decode step now, not mid-reply
+        if progress is not None:
+            progress("compile", 0, None)
+        engine.warmup()
+    return engine

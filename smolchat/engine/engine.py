@@ -6,6 +6,7 @@ the rest (in chunks), then decodes one token at a time, streaming events.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+from smolchat.engine.fast import FastDecoder, fast_path_enabled
 from smolchat.engine.sampling import make_sampler
 from smolchat.engine.types import GenerationEvent, GenerationStats, SamplingParams
 from smolchat.errors import ContextOverflowError, SmolchatError
@@ -21,6 +23,8 @@ from smolchat.model.config import ModelConfig
 from smolchat.model.network import CausalLM
 
 PREFILL_CHUNK = 2048
+
+log = logging.getLogger(__name__)
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -43,7 +47,10 @@ class Engine:
         eos_token_ids: Sequence[int] = (),
         generation_defaults: dict[str, Any] | None = None,
         quantize: str | None = None,
+        fast: bool | None = None,
     ) -> None:
+        """``fast``: use the static-step decoder (CUDA graphs on CUDA); None = on CUDA unless
+        ``SMOLCHAT_NO_CUDA_GRAPHS`` is set."""
         self.model = model
         self.config: ModelConfig = model.config
         self.tokenizer = tokenizer
@@ -55,6 +62,9 @@ class Engine:
         self.device, self.dtype = ref.device, ref.dtype
         self.context_length = self.config.max_position_embeddings
         self.cache = KVCache(self.config, self.device, self.dtype, self.context_length)
+        if fast is None:
+            fast = fast_path_enabled(self.device)
+        self.fast = FastDecoder(model, self.cache) if fast else None
         self.cached_ids: list[int] = []
         self.last_stats: GenerationStats | None = None
         self._cancel = threading.Event()
@@ -68,6 +78,23 @@ class Engine:
     def reset_cache(self) -> None:
         self.cache.reset()
         self.cached_ids = []
+
+    def warmup(self) -> float:
+        """Compile and capture the fast decode step now (else on first use); return seconds."""
+        if self.fast is None or self.fast.failed:
+            return 0.0
+        t0 = time.perf_counter()
+        with self._lock, torch.inference_mode():
+            self.cache.ensure_capacity(self.cache.length + 1)
+            self.fast.start(self.cache.length)
+            try:
+                self.fast.prepare()
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as exc:
+                log.warning("fast decode unavailable (%s); decoding eagerly", exc)
+                self.fast = None
+        return time.perf_counter() - t0
 
     # --- verification --------------------------------------------------------------
     @torch.inference_mode()
@@ -116,42 +143,95 @@ class Engine:
         seen = None
         if sampling.repetition_penalty != 1.0:
             seen = torch.tensor(ids, dtype=torch.long, device=self.device)
+        tokens = None
+        if self.fast is not None and max_new_tokens > 1:
+            try:
+                self.cache.ensure_capacity(self.cache.length + 1)
+                self.fast.start(self.cache.length)
+                self.fast.prepare()  # compile/capture now, so failures fall back cleanly
+                tokens = self._fast_tokens(logits, sample, seen, sampling, max_new_tokens)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as exc:
+                log.warning("fast decode unavailable (%s); decoding eagerly", exc)
+                self.fast = None
+        if tokens is None:
+            tokens = self._eager_tokens(logits, sample, seen)
         decoder = self.tokenizer.stream_decoder()
         t_first = None
         finish = "length"
-        while True:
-            token = sample(logits, seen)  # (1,)
-            token_id = int(token.item())
-            stats.generated_tokens += 1
-            if t_first is None:
-                t_first = time.perf_counter()
-                stats.ttft_s = t_first - t0
-            if token_id in stops:
-                finish = "stop"
-                break
-            text = decoder.add(token_id)
-            last = stats.generated_tokens >= max_new_tokens
-            if last or self._cancel.is_set():
-                finish = "length" if last else "cancelled"
-                # the token is shown but not fed: the cache holds everything before it
-                tail = decoder.flush()
-                stats.decode_s = time.perf_counter() - t_first
-                stats.finish_reason = finish
-                self.last_stats = stats
-                yield GenerationEvent(token_id, text + tail, finish, stats)
-                return
-            yield GenerationEvent(token_id, text)
-            if seen is not None:
-                seen = torch.cat([seen, token])
-            logits = self._step(token_id)
-            if self._cancel.is_set():
-                finish = "cancelled"
-                break
+        token_id = None
+        try:
+            for token_id in tokens:
+                if stats.generated_tokens and self._cancel.is_set():
+                    finish, token_id = "cancelled", None  # sampled after the cancel: dropped
+                    break
+                stats.generated_tokens += 1
+                if t_first is None:
+                    t_first = time.perf_counter()
+                    stats.ttft_s = t_first - t0
+                if token_id in stops:
+                    finish = "stop"
+                    break
+                text = decoder.add(token_id)
+                last = stats.generated_tokens >= max_new_tokens
+                if last or self._cancel.is_set():
+                    finish = "length" if last else "cancelled"
+                    # the token is shown but not fed: the cache holds everything before it
+                    tail = decoder.flush()
+                    stats.decode_s = time.perf_counter() - t_first
+                    stats.finish_reason = finish
+                    self.last_stats = stats
+                    yield GenerationEvent(token_id, text + tail, finish, stats)
+                    return
+                yield GenerationEvent(token_id, text)
+        finally:
+            tokens.close()
         stats.decode_s = time.perf_counter() - (t_first or t0)
         stats.finish_reason = finish
         self.last_stats = stats
         final_id = token_id if finish == "stop" else None
         yield GenerationEvent(final_id, decoder.flush(), finish, stats)
+
+    def _eager_tokens(self, logits, sample, seen) -> Iterator[int]:
+        """Yield sampled ids; resuming the generator feeds the last id (one forward)."""
+        while True:
+            token = sample(logits, seen)  # (1,)
+            token_id = int(token.item())
+            yield token_id
+            if seen is not None:
+                seen = torch.cat([seen, token])
+            logits = self._step(token_id)
+
+    def _fast_tokens(self, logits, sample, seen, sampling, max_new) -> Iterator[int]:
+        """Like :meth:`_eager_tokens` on the fast decoder, one step ahead of the host.
+
+        The step for a token is queued *before* its id reaches the host, so the GPU computes
+        while the caller handles the id; resuming commits the token to the cache. A stop
+        token's step is wasted (its K/V lands past ``cache.length`` and is never read).
+        """
+        fast = self.fast
+        assert fast is not None
+        in_graph_argmax = sampling.greedy and seen is None
+        pos = self.cache.length
+        fast.start(pos)
+        token = sample(logits, seen)
+        n = 0
+        while True:
+            n += 1
+            fast.stage(token)
+            if n < max_new:  # the last allowed token is shown, never fed
+                self.cache.ensure_capacity(pos + 1)
+                fast.step()
+            token_id = fast.staged_id()
+            yield token_id
+            self.cache.length = pos + 1
+            self.cached_ids.append(token_id)
+            pos += 1
+            if seen is not None:
+                seen = torch.cat([seen, token.view(1)])
+            assert fast.logits is not None
+            token = fast.tok if in_graph_argmax else sample(fast.logits[0], seen)
 
     def _prefill(self, ids: list[int], stats: GenerationStats) -> torch.Tensor:
         """Run the ids the cache lacks; return the logits (V,) of the last position."""

@@ -38,10 +38,11 @@ class Attention(nn.Module):
         self.use_rope = cfg.use_rope[layer]
         self.window = cfg.sliding_window[layer]
         bias = cfg.attention_bias
-        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.hd, bias=bias)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=bias)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=bias)
+        self.splits = (self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd)
+        # q, k and v in one matrix: one matmul per step instead of three
+        self.qkv_proj = nn.Linear(cfg.hidden_size, sum(self.splits), bias=bias)
         self.o_proj = nn.Linear(self.n_heads * self.hd, cfg.hidden_size, bias=bias)
+        self.fused_parts = fused_parts("qkv_proj", ("q_proj", "k_proj", "v_proj"), self.splits)
 
     def forward(
         self,
@@ -53,9 +54,10 @@ class Attention(nn.Module):
         mask: torch.Tensor | None,  # (T, S) bool, True = attend; None = plain causal
     ) -> torch.Tensor:
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, hd)
-        k = self.k_proj(x).view(b, t, self.n_kv, self.hd).transpose(1, 2)  # (B, n_kv, T, hd)
-        v = self.v_proj(x).view(b, t, self.n_kv, self.hd).transpose(1, 2)
+        q, k, v = self.qkv_proj(x).split(self.splits, dim=-1)
+        q = q.reshape(b, t, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, hd)
+        k = k.reshape(b, t, self.n_kv, self.hd).transpose(1, 2)  # (B, n_kv, T, hd)
+        v = v.reshape(b, t, self.n_kv, self.hd).transpose(1, 2)
         if self.use_rope:
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
@@ -63,10 +65,43 @@ class Attention(nn.Module):
             k, v = cache.view(self.layer, start + t)  # (B, n_kv, S, hd)
         if self.window is not None and mask is not None:
             mask = _window(mask, start, self.window)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None and t > 1, enable_gqa=self.gqa
-        )  # (B, H, T, hd)
+        if mask is not None and self.window is None and t > 1 and q.device.type == "cuda":
+            y = _lower_right_causal(q, k, v, mask, self.gqa)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None and t > 1, enable_gqa=self.gqa
+            )  # (B, H, T, hd)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.hd))
+
+
+def fused_parts(
+    target: str, names: tuple[str, ...], sizes: tuple[int, ...]
+) -> dict[str, tuple[str, int, int]]:
+    """Checkpoint module name -> (fused module, first row, rows) for weights stored apart."""
+    offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+    return {n: (target, o, s) for n, o, s in zip(names, offsets, sizes, strict=True)}
+
+
+_LOWER_RIGHT_OK: list[bool] = [True]
+
+
+def _lower_right_causal(q, k, v, mask, gqa: bool) -> torch.Tensor:
+    """Chunk i of a prompt after cached tokens: flash attention's bottom-right causal mask.
+
+    Same result as the explicit (T, S) mask, without materializing it; falls back to the mask
+    if this torch build cannot dispatch it.
+    """
+    if _LOWER_RIGHT_OK[0]:
+        from torch.nn.attention.bias import causal_lower_right
+
+        try:
+            bias = causal_lower_right(q.shape[2], k.shape[2])
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=gqa)
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, TypeError, ValueError):
+            _LOWER_RIGHT_OK[0] = False
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
 def _window(mask: torch.Tensor, start: int, window: int) -> torch.Tensor:
@@ -79,13 +114,16 @@ def _window(mask: torch.Tensor, start: int, window: int) -> torch.Tensor:
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        bias = cfg.mlp_bias
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=bias)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=bias)
+        bias, inter = cfg.mlp_bias, cfg.intermediate_size
+        # gate and up in one matrix: one matmul per step instead of two
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * inter, bias=bias)
+        self.down_proj = nn.Linear(inter, cfg.hidden_size, bias=bias)
+        self.inter = inter
+        self.fused_parts = fused_parts("gate_up_proj", ("gate_proj", "up_proj"), (inter, inter))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).split(self.inter, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):

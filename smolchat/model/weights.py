@@ -19,9 +19,10 @@ from smolchat.model.config import ModelConfig
 from smolchat.model.network import CausalLM
 
 Progress = Callable[[str, int, "int | None"], None]
-# Called for each linear weight (name, module, tensor on CPU); returns True if it handled it
-# (e.g. quantized it), False to let the loader assign the tensor as usual.
-LinearHook = Callable[[str, nn.Linear, torch.Tensor], bool]
+# Called for each linear weight (module name, the meta nn.Linear, full weight tensor on CPU);
+# returns a module that replaces the linear (e.g. a quantized one holding the weight on the
+# device), or None to let the loader assign the tensor as usual.
+LinearHook = Callable[[str, nn.Linear, torch.Tensor], "nn.Module | None"]
 
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -100,36 +101,38 @@ def load_weights(
     progress: Progress | None = None,
     linear_hook: LinearHook | None = None,
 ) -> CausalLM:
-    """Assign every checkpoint tensor into ``model`` (built on meta); check nothing is missing."""
+    """Assign every checkpoint tensor into ``model`` (built on meta); check nothing is missing.
+
+    Weights stored apart but fused in the network (q/k/v, gate/up) are gathered on the CPU
+    until all parts of one module have arrived, then concatenated and assigned as one.
+    """
     modules = dict(model.named_modules())
+    pending: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for done, (name, tensor) in enumerate(tensors, start=1):
         if name.endswith(IGNORED_SUFFIXES):
             continue
         module_name, _, param_name = name.rpartition(".")
-        module = modules.get(module_name)
-        if module is None or param_name not in module._parameters:
-            raise ModelLoadError(
-                f"unexpected weight {name} in the checkpoint: it does not match the "
-                f"{model.config.architecture} architecture of config.json"
-            )
-        expected = module._parameters[param_name].shape
-        if tuple(tensor.shape) != tuple(expected):
-            raise ModelLoadError(
-                f"weight {name} has shape {tuple(tensor.shape)}, config.json implies "
-                f"{tuple(expected)}; the config and the weights do not match"
-            )
-        handled = (
-            linear_hook is not None
-            and isinstance(module, nn.Linear)
-            and param_name == "weight"
-            and linear_hook(module_name, module, tensor)
-        )
-        if not handled:
-            value = tensor.to(device=device, dtype=dtype)
-            module._parameters[param_name] = nn.Parameter(value, requires_grad=False)
+        fused = _fused_target(modules, module_name)
+        if fused is not None:
+            target, parts = fused
+            key = (target, param_name)
+            got = pending.setdefault(key, {})
+            got[module_name.rpartition(".")[2]] = tensor
+            if len(got) == len(parts):
+                whole = torch.cat([got[leaf] for leaf in parts], dim=0)
+                del pending[key]
+                _assign(model, modules, f"{target}.{param_name}", whole, device, dtype, linear_hook)
+        else:
+            _assign(model, modules, name, tensor, device, dtype, linear_hook)
         del tensor
         if progress is not None:
             progress("weights", done, total)
+    if pending:
+        (target, param_name), got = next(iter(pending.items()))
+        raise ModelLoadError(
+            f"the checkpoint has only {', '.join(sorted(got))} of {target}.{param_name}'s parts; "
+            "re-download the model"
+        )
     if model.config.tie_word_embeddings:
         model.tie_weights()
     elif model.lm_head.weight.is_meta and not model.model.embed_tokens.weight.is_meta:
@@ -144,6 +147,58 @@ def load_weights(
     # Buffers (RoPE frequencies) are computed, not loaded.
     model.rotary.inv_freq = _rotary_buffer(model, device)
     return model.eval()
+
+
+def _fused_target(modules: dict[str, nn.Module], module_name: str) -> tuple[str, list[str]] | None:
+    """For ``...self_attn.q_proj``: (``...self_attn.qkv_proj``, its part names in row order)."""
+    if module_name in modules:
+        return None
+    parent_name, _, leaf = module_name.rpartition(".")
+    parts = getattr(modules.get(parent_name), "fused_parts", None)
+    if not parts or leaf not in parts:
+        return None
+    target = parts[leaf][0]
+    order = sorted((p for p in parts if parts[p][0] == target), key=lambda p: parts[p][1])
+    return f"{parent_name}.{target}", order
+
+
+def _assign(
+    model: CausalLM,
+    modules: dict[str, nn.Module],
+    name: str,
+    tensor: torch.Tensor,
+    device: torch.device,
+    dtype: torch.dtype,
+    linear_hook: LinearHook | None,
+) -> None:
+    module_name, _, param_name = name.rpartition(".")
+    module = modules.get(module_name)
+    if module is None or param_name not in module._parameters:
+        raise ModelLoadError(
+            f"unexpected weight {name} in the checkpoint: it does not match the "
+            f"{model.config.architecture} architecture of config.json"
+        )
+    if isinstance(module, nn.Linear) and param_name == "weight":
+        expected = (module.out_features, module.in_features)
+    else:
+        expected = tuple(module._parameters[param_name].shape)
+    if tuple(tensor.shape) != tuple(expected):
+        raise ModelLoadError(
+            f"weight {name} has shape {tuple(tensor.shape)}, config.json implies "
+            f"{tuple(expected)}; the config and the weights do not match"
+        )
+    if linear_hook is not None and type(module) is nn.Linear and param_name == "weight":
+        replacement = linear_hook(module_name, module, tensor)
+        if replacement is not None:
+            bias = module._parameters.get("bias")
+            if bias is not None and not bias.is_meta:
+                replacement._parameters["bias"] = bias
+            parent_name, _, leaf = module_name.rpartition(".")
+            setattr(modules[parent_name], leaf, replacement)
+            modules[module_name] = replacement
+            return
+    value = tensor.to(device=device, dtype=dtype)
+    module._parameters[param_name] = nn.Parameter(value, requires_grad=False)
 
 
 def _rotary_buffer(model: CausalLM, device: torch.device) -> torch.Tensor:
