@@ -78,7 +78,7 @@ class SmolchatApp(App[None]):
         self.options = options
         self.error: str | None = None
         self.theme_name = DEFAULT_THEME
-        self._closing = threading.Event()
+        self._quitting = threading.Event()
         self._theme_error = None if self._set_theme(options.theme) else options.theme
         if self._theme_error:
             self._set_theme(DEFAULT_THEME)
@@ -87,10 +87,10 @@ class SmolchatApp(App[None]):
     def apply_theme(self, name: str) -> bool:
         """Switch to a theme from ``themes/``; an unknown name is reported, not raised."""
         if self._set_theme(name):
-            self.notify(f"Theme: {name}")
+            self.notify(f"Theme: {name}", markup=False)
             return True
         themes = ", ".join(available_themes())
-        self.notify(f"Unknown theme {name!r}. Themes: {themes}", severity="error")
+        self.notify(f"Unknown theme {name!r}. Themes: {themes}", severity="error", markup=False)
         return False
 
     def _set_theme(self, name: str) -> bool:
@@ -145,7 +145,7 @@ class SmolchatApp(App[None]):
         last: dict[str, float] = {}
 
         def progress(stage: str, done: int, total: int | None) -> None:
-            if self._closing.is_set():
+            if self._quitting.is_set():
                 raise LoadCancelled
             now = time.monotonic()
             if done == total or now - last.get(stage, 0.0) >= PROGRESS_EVERY_S:
@@ -160,12 +160,12 @@ class SmolchatApp(App[None]):
         if self.options.resume is not None:
             try:
                 session.load(self.options.resume)
-                self.notify(f"Resumed {self.options.resume}")
+                self.notify(f"Resumed {self.options.resume}", markup=False)
             except SmolchatError as error:
-                self.notify(str(error), severity="error")
+                self.notify(str(error), severity="error", markup=False)
         await self.switch_screen(ChatScreen(session, show_reasoning=self.options.show_reasoning))
         for notice in self.options.notices:
-            self.notify(notice, severity="warning")
+            self.notify(notice, severity="warning", markup=False)
 
     @on(LoadFailed)
     def _on_load_failed(self, message: LoadFailed) -> None:
@@ -182,5 +182,5 @@ class SmolchatApp(App[None]):
             self.exit()
 
     def exit(self, *args: Any, **kwargs: Any) -> None:
-        self._closing.set()  # a load in progress stops at its next progress report
+        self._quitting.set()  # a load in progress stops at its next progress report
         super().exit(*args, **kwargs)

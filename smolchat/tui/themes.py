@@ -36,7 +36,7 @@ class ThemeSpec:
 
     name: str
     path: Path
-    css: str
+    css: str  # the rules, without the palette declarations
     palette: dict[str, str]
 
     @property
@@ -67,11 +67,13 @@ def load_theme(name: str) -> ThemeSpec:
     if name not in themes:
         raise KeyError(f"unknown theme {name!r}; themes: {', '.join(themes) or 'none found'}")
     path = themes[name]
-    css = path.read_text(encoding="utf-8")
-    palette = {k: v.strip() for k, v in _DECLARATION.findall(css) if k in PALETTE_KEYS}
+    source = path.read_text(encoding="utf-8")
+    palette = {k: v.strip() for k, v in _DECLARATION.findall(source) if k in PALETTE_KEYS}
     if "primary" not in palette:
         raise KeyError(f"theme {name!r} ({path}) declares no $primary colour")
-    return ThemeSpec(name, path, css, palette)
+    # the palette reaches the rules as Textual's own variables, through the Textual theme
+    rules = _DECLARATION.sub(lambda m: "" if m.group(1) in PALETTE_KEYS else m.group(0), source)
+    return ThemeSpec(name, path, rules, palette)
 
 
 def _brightness(colour: str) -> float:

@@ -18,7 +18,7 @@ from textual.widget import Widget
 from textual.widgets import Footer, TextArea
 from textual.worker import get_current_worker
 
-from smolchat.chat.commands import COMMANDS, complete, is_command, run_command
+from smolchat.chat.commands import COMMANDS, complete, is_command, parse_command, run_command
 from smolchat.chat.events import AnswerDelta, ChatEvent, ReasoningDelta, TurnFinished
 from smolchat.errors import ContextOverflowError, SmolchatError
 from smolchat.tui.screens.dialogs import ConfirmScreen, HelpScreen
@@ -74,7 +74,6 @@ class ChatScreen(Screen[None]):
         self.session = session
         self.show_reasoning = show_reasoning
         self.turn: Turn | None = None  # the turn being generated
-        self._shown: list[tuple[str, str]] = []  # (role, content) of the turns in the view
 
     # ---- layout -----------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -82,7 +81,7 @@ class ChatScreen(Screen[None]):
         yield CommandHint({f"/{c.name}": _usage_line(c) for c in COMMANDS.values()}, id="hint")
         yield PromptInput(
             id="prompt",
-            completer=_complete,
+            completer=complete,
             placeholder="Message (Enter sends, Shift+Enter or Ctrl+J: new line, /help)",
         )
         yield StatusBar(id="status")
@@ -111,7 +110,7 @@ class ChatScreen(Screen[None]):
 
     # ---- the view of the history ------------------------------------------------------
     async def rebuild(self) -> None:
-        """Show the session's history afresh (after /load, /undo, /clear, /drop ...)."""
+        """Show the session's history afresh (at start, and after /load, /undo, /clear, /drop)."""
         await self.conversation.remove_children()
         widgets = []
         for m in self.session.messages:
@@ -129,14 +128,8 @@ class ChatScreen(Screen[None]):
                     finish_reason=m.get("finish_reason"),
                     stats=m.get("stats"),
                 )
-        self._shown = _history_key(self.session.messages)
         self.conversation.scroll_end(animate=False)
         self.refresh_status()
-
-    async def sync_view(self) -> None:
-        """Rebuild the view if a command changed the history."""
-        if _history_key(self.session.messages) != self._shown:
-            await self.rebuild()
 
     def refresh_status(self) -> None:
         engine = self.session.engine
@@ -169,7 +162,9 @@ class ChatScreen(Screen[None]):
     async def _on_submitted(self, event: PromptInput.Submitted) -> None:
         text = event.text
         if self.generating:
-            self.notify("Still answering: press Esc to stop it first.", severity="warning")
+            self.notify(
+                "Still answering: press Esc to stop it first.", severity="warning", markup=False
+            )
             event.prompt.load_text(text)
             return
         if is_command(text):
@@ -180,9 +175,10 @@ class ChatScreen(Screen[None]):
     async def run_slash(self, line: str) -> None:
         """Run a slash command through the shared implementation and apply its action."""
         try:
+            name, _ = parse_command(line)
             result = run_command(self.session, line)
         except SmolchatError as error:
-            self.notify(str(error), severity="error")
+            self.notify(str(error), severity="error", markup=False)
             return
         action = result.action
         if action == "exit":
@@ -196,11 +192,15 @@ class ChatScreen(Screen[None]):
             self.app.apply_theme(result.arg or "")  # type: ignore[attr-defined]
         elif action == "reasoning":
             self.set_show_reasoning(result.arg == "show")
-            self.notify(f"Reasoning {'shown' if self.show_reasoning else 'hidden'}.")
-        await self.sync_view()
-        if line.split()[0] == "/help":
+            self.notify(f"Reasoning {'shown' if self.show_reasoning else 'hidden'}.", markup=False)
+        elif action == "clear":  # the history changed: redraw it
+            await self.rebuild()
+            if name == "undo" and result.arg:  # offer the removed message for editing
+                self.prompt.load_text(result.arg)
+                self.prompt.move_cursor(self.prompt.document.end)
+        if name == "help":
             self.app.push_screen(HelpScreen(result.message))
-        elif result.message and action not in ("theme", "reasoning"):
+        elif result.message:
             self.note(result.message)
         self.refresh_status()
 
@@ -280,12 +280,13 @@ class ChatScreen(Screen[None]):
                 error=event.error,
             )
         if event.error:
-            self.notify(event.error, title="Generation failed", severity="error")
+            self.notify(event.error, title="Generation failed", severity="error", markup=False)
         if self.session.autosave_error:
-            self.notify(self.session.autosave_error, title="Autosave failed", severity="error")
+            self.notify(
+                self.session.autosave_error, title="Autosave failed", severity="error", markup=False
+            )
         if turn is not None and turn.drop:  # the oldest turns went: show the history as it is
             await self.rebuild()
-        self._shown = _history_key(self.session.messages)
         self.refresh_status()
 
     @on(TurnFailed)
@@ -315,7 +316,7 @@ class ChatScreen(Screen[None]):
                 finish_reason="error",
                 error=message.message,
             )
-        self.notify(message.message, title="Generation failed", severity="error")
+        self.notify(message.message, title="Generation failed", severity="error", markup=False)
 
     async def _after_overflow(self, yes: bool, turn: Turn, drop: int) -> None:
         if yes:
@@ -338,23 +339,27 @@ class ChatScreen(Screen[None]):
     def action_copy_reply(self) -> None:
         reply = self._last_reply()
         if reply is None:
-            self.notify("No reply to copy yet.", severity="warning")
+            self.notify("No reply to copy yet.", severity="warning", markup=False)
             return
         self.app.copy_to_clipboard(reply.answer_text)
-        self.notify(f"Copied the last reply ({len(reply.answer_text):,} characters).")
+        self.notify(f"Copied the last reply ({len(reply.answer_text):,} characters).", markup=False)
 
     def action_copy_code(self) -> None:
         for reply in reversed(list(self.conversation.query(AssistantMessage))):
             blocks = reply.code_blocks()
             if blocks:
                 self.app.copy_to_clipboard(blocks[-1])
-                self.notify(f"Copied a code block ({len(blocks[-1].splitlines())} lines).")
+                self.notify(
+                    f"Copied a code block ({len(blocks[-1].splitlines())} lines).", markup=False
+                )
                 return
-        self.notify("No code block to copy.", severity="warning")
+        self.notify("No code block to copy.", severity="warning", markup=False)
 
     def action_toggle_reasoning(self) -> None:
         self.set_show_reasoning(not self.show_reasoning)
-        self.notify(f"Reasoning {'shown' if self.show_reasoning else 'hidden'} by default.")
+        self.notify(
+            f"Reasoning {'shown' if self.show_reasoning else 'hidden'} by default.", markup=False
+        )
 
     def set_show_reasoning(self, show: bool) -> None:
         """Set whether finished replies show their reasoning, for old and new replies."""
@@ -393,14 +398,6 @@ def _drop_hint(message: str) -> int:
     """N from the "/drop N" a context-overflow message suggests (0 if it suggests none)."""
     match = re.search(r"/drop (\d+)", message)
     return int(match.group(1)) if match else 0
-
-
-def _history_key(messages: list[dict]) -> list[tuple[str, str]]:
-    return [(m["role"], m.get("content", "")) for m in messages]
-
-
-def _complete(prefix: str) -> list[str]:
-    return [f"/{name.lstrip('/')}" for name in complete(prefix)]
 
 
 def _usage_line(command: Any) -> str:

@@ -44,7 +44,7 @@ class PromptInput(TextArea):
             placeholder=placeholder,
         )
         self.completer = completer
-        self.history: list[str] = []
+        self.past_prompts: list[str] = []
         self._history_index: int | None = None  # None: editing the draft
         self._draft = ""
 
@@ -55,7 +55,7 @@ class PromptInput(TextArea):
             self._submit()
         elif key in NEWLINE_KEYS:
             self.insert("\n")
-        elif key == "up" and self.cursor_at_first_line and self.history:
+        elif key == "up" and self.cursor_at_first_line and self.past_prompts:
             self.history_back()
         elif key == "down" and self.cursor_at_last_line and self._history_index is not None:
             self.history_forward()
@@ -73,8 +73,8 @@ class PromptInput(TextArea):
         text = self.text.strip()
         if not text:
             return
-        if not self.history or self.history[-1] != text:
-            self.history.append(text)
+        if not self.past_prompts or self.past_prompts[-1] != text:
+            self.past_prompts.append(text)
         self._history_index = None
         self._draft = ""
         self.clear()
@@ -84,20 +84,20 @@ class PromptInput(TextArea):
         """Show the previous entry of the history (the draft is kept)."""
         if self._history_index is None:
             self._draft = self.text
-            self._history_index = len(self.history)
+            self._history_index = len(self.past_prompts)
         if self._history_index > 0:
             self._history_index -= 1
-            self._show(self.history[self._history_index], at_end=False)
+            self._show(self.past_prompts[self._history_index], at_end=False)
 
     def history_forward(self) -> None:
         """Show the next entry of the history, then the draft again."""
         assert self._history_index is not None
         self._history_index += 1
-        if self._history_index >= len(self.history):
+        if self._history_index >= len(self.past_prompts):
             self._history_index = None
             self._show(self._draft, at_end=True)
         else:
-            self._show(self.history[self._history_index], at_end=True)
+            self._show(self.past_prompts[self._history_index], at_end=True)
 
     def _show(self, text: str, *, at_end: bool) -> None:
         self.load_text(text)
@@ -105,12 +105,11 @@ class PromptInput(TextArea):
         self.move_cursor(self.document.end if at_end else (0, len(self.document[0])))
 
     def complete_command(self) -> None:
-        """Complete the command name to the longest prefix shared by the matches."""
+        """Complete a command name or argument to the longest prefix its matches share."""
         assert self.completer is not None
-        word = self.text.split(" ", 1)[0]
-        if " " in self.text or "\n" in self.text:
+        if "\n" in self.text:
             return
-        matches = self.completer(word)
+        matches = self.completer(self.text)
         if not matches:
             return
         common = matches[0]

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from textual import events
 from textual.widgets import Static
 
 from smolchat.engine.types import GenerationStats
+
+SEPARATOR = " │ "
 
 
 @dataclass(frozen=True)
@@ -24,23 +27,30 @@ class StatusInfo:
     last_stats: GenerationStats | None = None
     busy: bool = False
 
-    def render_line(self) -> str:
+    def parts(self) -> list[tuple[int, str]]:
+        """(priority, text) of each field; the lowest priorities go first when space is short."""
         parts = [
-            self.model,
-            self.device,
-            self.precision,
-            "think" if self.thinking else "no_think",
-            f"T {self.temperature:g}",
-            f"top_p {self.top_p:g}",
-            f"ctx {self.context_used:,}/{self.context_limit:,}",
+            (3, self.model),
+            (5, f"{self.device} {self.precision}"),
+            (6, "think" if self.thinking else "no_think"),
+            (4, f"T {self.temperature:g}"),
+            (1, f"top_p {self.top_p:g}"),
+            (7, f"ctx {self.context_used:,}/{self.context_limit:,}"),
         ]
         stats = self.last_stats
         if self.busy:
-            parts.append("● generating")
+            parts.append((8, "● generating"))
         elif stats is not None and stats.generated_tokens:
-            parts.append(f"{stats.decode_tok_s:.1f} tok/s")
-            parts.append(f"TTFT {stats.ttft_s:.2f}s")
-        return " │ ".join(parts)
+            parts.append((8, f"{stats.decode_tok_s:.1f} tok/s"))
+            parts.append((2, f"TTFT {stats.ttft_s:.2f}s"))
+        return parts
+
+    def render_line(self, width: int = 1_000) -> str:
+        """The fields that fit in ``width`` cells, in their order."""
+        parts = self.parts()
+        while len(parts) > 1 and len(SEPARATOR.join(t for _, t in parts)) > width:
+            parts.remove(min(parts, key=lambda p: p[0]))
+        return SEPARATOR.join(text for _, text in parts)
 
 
 class StatusBar(Static):
@@ -53,4 +63,12 @@ class StatusBar(Static):
     def show(self, info: StatusInfo) -> None:
         if info != self.info:
             self.info = info
-            self.update(info.render_line())
+            self._render_info()
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._render_info()
+
+    def _render_info(self) -> None:
+        if self.info is not None:
+            width = self.content_size.width or self.app.size.width - 2
+            self.update(self.info.render_line(width))
