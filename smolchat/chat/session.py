@@ -91,24 +91,37 @@ def _resync(
 ) -> tuple[int, int] | None:
     """Smallest ``(i2, j2)`` with ``decode(rendered[i:i2]) == decode(seen[j:j2])``, or None.
 
-    Two pointers: the side whose text is shorter advances; a trailing replacement character
-    (half of a multi-byte character) is ignored while comparing, so a character split over
-    two tokens on one side still matches one token on the other. Spans holding a control
-    token never match (text is never swapped for a control token or back).
+    Two pointers: the side whose text is behind advances. A trailing replacement character
+    may be half of a multi-byte character, so texts ending in one match only where both sides
+    end (a control token or the end follows): that is how a reply cut inside a character is
+    recorded. Spans holding a control token never match (text is never swapped for one).
     """
+
+    def boundary(ids: list[int], k: int) -> bool:
+        return k == len(ids) or ids[k] in control
+
     i2, j2 = i + 1, j + 1
     while i2 <= len(rendered) and j2 <= len(seen):
         if rendered[i2 - 1] in control or seen[j2 - 1] in control:
             return None
+        if i2 - i > ALIGN_WINDOW or j2 - j > ALIGN_WINDOW:
+            return None
         a, b = decode(rendered[i:i2]), decode(seen[j:j2])
-        if a == b and not a.endswith(_REPLACEMENT):
-            return i2, j2
+        if a == b:
+            r_end, s_end = boundary(rendered, i2), boundary(seen, j2)
+            if not a.endswith(_REPLACEMENT) or (r_end and s_end):
+                return i2, j2
+            if not s_end:
+                j2 += 1
+            else:
+                i2 += 1
+            continue
         sa, sb = a.rstrip(_REPLACEMENT), b.rstrip(_REPLACEMENT)
         if not (sa.startswith(sb) or sb.startswith(sa)):
             return None
-        if i2 - i > ALIGN_WINDOW or j2 - j > ALIGN_WINDOW:
-            return None
-        if len(sa) < len(sb) or (sa == sb and a.endswith(_REPLACEMENT)):
+        # the side whose text (then whose raw text) is shorter is behind
+        behind = len(sa) < len(sb) if len(sa) != len(sb) else len(a) < len(b)
+        if behind:
             i2 += 1
         else:
             j2 += 1
