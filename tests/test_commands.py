@@ -1,0 +1,326 @@
+"""Every slash command with good, missing, invalid and extreme arguments (real tiny engine)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import smolchat
+from smolchat.chat.commands import COMMANDS, complete, is_command, run_command
+from smolchat.chat.events import TurnFinished
+from smolchat.chat.session import ChatSession
+from smolchat.chat.settings import ChatSettings
+from smolchat.chat.transcript import TranscriptStore
+from smolchat.engine.types import SamplingParams
+from smolchat.errors import CommandError, SmolchatError, TranscriptError
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model: Path):
+    return smolchat.load(str(tiny_model), device="cpu", dtype="float32")
+
+
+@pytest.fixture
+def session(engine, tmp_path: Path) -> ChatSession:
+    engine.reset_cache()
+    settings = ChatSettings(sampling=SamplingParams(temperature=0.0), max_new_tokens=6)
+    return ChatSession(engine, settings=settings, store=TranscriptStore(tmp_path / "t"))
+
+
+def state(session: ChatSession):
+    return (session.settings.to_dict(), session.system_prompt, [dict(m) for m in session.messages])
+
+
+def chat(session: ChatSession, text: str = "Hello! What is the capital of France?") -> None:
+    events = list(session.send(text))
+    assert isinstance(events[-1], TurnFinished)
+
+
+def refused(session: ChatSession, line: str, match: str) -> str:
+    """The command fails with one line matching ``match`` and changes nothing."""
+    before = state(session)
+    with pytest.raises(CommandError, match=match) as info:
+        run_command(session, line)
+    assert "\n" not in str(info.value)
+    assert state(session) == before
+    return str(info.value)
+
+
+# --- recognising commands -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("/help", True),
+        ("  /set temperature 0.5  ", True),
+        ("/no_think", True),
+        ("/NO-THINK", True),
+        ("what is 2+2? /think", False),  # a per-turn flag, sent as a message
+        ("explain /no_think", False),
+        ("/usr/bin/python crashes, why?", False),  # a path, not a command
+        ("//not a command", False),
+        ("/", False),
+        ("", False),
+        ("hello", False),
+    ],
+)
+def test_is_command(line: str, expected: bool) -> None:
+    assert is_command(line) is expected
+
+
+def test_unknown_commands_suggest_a_close_one(session) -> None:
+    assert "did you mean /help?" in refused(session, "/hepl", "unknown command /hepl")
+    assert "did you mean /set?" in refused(session, "/sett x 1", "unknown command")
+    assert "did you mean /no_think?" in refused(session, "/nothink", "unknown command")
+    msg = refused(session, "/xyzzy", "unknown command /xyzzy")
+    assert "did you mean" not in msg and "/help" in msg
+    refused(session, "hello", "not a command")
+
+
+# --- help, system, thinking -----------------------------------------------------------------
+
+
+def test_help(session) -> None:
+    text = run_command(session, "/help").message
+    for command in COMMANDS.values():
+        assert command.usage in text
+    assert "/think" in text and "end a message" in text.lower()
+    detail = run_command(session, "/help /set").message
+    assert "/set [NAME [VALUE]]" in detail and "| temperature | 0.0 |" in detail
+    assert "(also /quit, /q)" in run_command(session, "/help quit").message
+    refused(session, "/help sett", "did you mean /set")
+
+
+def test_system(session, engine, monkeypatch) -> None:
+    assert "No system prompt" in run_command(session, "/system").message
+    result = run_command(session, "/system You are a pirate.   Speak like one.")
+    assert "System prompt set" in result.message
+    assert session.system_prompt == "You are a pirate.   Speak like one."
+    assert "You are a pirate." in run_command(session, "/system").message
+    note = run_command(session, "/system Be brief /no_think").message
+    assert "turns thinking off anyway" in note
+    assert "cleared" in run_command(session, "/system --clear").message
+    assert session.system_prompt is None
+    monkeypatch.setattr(engine, "context_length", 300)
+    refused(session, "/system " + "word " * 200, "shorten it")
+
+
+def test_think_and_no_think(session) -> None:
+    assert "Thinking off" in run_command(session, "/no_think").message
+    assert session.settings.thinking is False
+    assert "Thinking on" in run_command(session, "/think").message
+    assert session.settings.thinking is True
+    refused(session, "/think about cats", "end the message with /think")
+    refused(session, "/no_think now", "end it with /no_think")
+
+
+# --- /set -----------------------------------------------------------------------------------
+
+
+def test_set_shows_everything_and_one(session) -> None:
+    table = run_command(session, "/set").message
+    for name in (
+        "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed",
+        "max_new_tokens", "thinking",
+    ):  # fmt: skip
+        assert f"| {name} |" in table
+    assert "| seed | none |" in table and "| max_new_tokens | 6 |" in table
+    assert (
+        run_command(session, "/set top_p").message == "top_p = 0.95 (a number above 0.0 up to 1.0)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "name", "value"),
+    [
+        ("/set temperature 0.8", "temperature", 0.8),
+        ("/set temp 0", "temperature", 0.0),
+        ("/set TOP-P=0.5", "top_p", 0.5),
+        ("/set top_p 1", "top_p", 1.0),
+        ("/set top_k 1e3", "top_k", 1000),
+        ("/set top_k 0", "top_k", 0),
+        ("/set min_p 1", "min_p", 1.0),
+        ("/set repetition_penalty 10", "repetition_penalty", 10.0),
+        ("/set seed 42", "seed", 42),
+        ("/set seed 9223372036854775807", "seed", 2**63 - 1),
+        ("/set seed none", "seed", None),
+        ("/set max_new_tokens 1", "max_new_tokens", 1),
+        ("/set max_new_tokens 4096", "max_new_tokens", 4096),
+        ("/set max_tokens 100", "max_new_tokens", 100),
+        ("/set thinking off", "thinking", False),
+    ],
+)
+def test_set_good_values(session, line, name, value) -> None:
+    result = run_command(session, line)
+    assert session.settings.to_dict()[name] == value
+    assert "→" in result.message and result.action is None
+
+
+@pytest.mark.parametrize(
+    ("line", "match"),
+    [
+        ("/set temperature abc", r"temperature must be a number from 0\.0 to 10\.0, got 'abc'"),
+        ("/set temperature nan", "temperature must be"),
+        ("/set temperature inf", "temperature must be"),
+        ("/set temperature 1e309", "temperature must be"),
+        ("/set temperature -0.1", "temperature must be"),
+        ("/set temperature 10.5", "temperature must be"),
+        ("/set top_p 0", "above 0.0"),
+        ("/set top_p 1.01", "top_p must be"),
+        ("/set top_k 4.5", "whole number from 0 to 1000000"),
+        ("/set top_k -1", "top_k must be"),
+        ("/set min_p 2", "min_p must be"),
+        ("/set repetition_penalty 0", "repetition_penalty must be"),
+        ("/set seed -1", "or none"),
+        ("/set seed 9223372036854775808", "or none"),
+        ("/set seed 99999999999999999999999999", "or none"),
+        ("/set max_new_tokens 0", "from 1 to 4096"),
+        ("/set max_new_tokens 4097", "from 1 to 4096"),
+        ("/set thinking maybe", "on or off"),
+        ("/set temperature 0.5 0.6", "takes one value"),
+        ("/set temprature 0.5", "did you mean temperature"),
+        ("/set topp 0.5", "did you mean top_p"),
+        ("/set colour red", "settings: temperature, top_p"),
+    ],
+)
+def test_set_bad_values_change_nothing(session, line, match) -> None:
+    refused(session, line, match)
+
+
+# --- transcripts ----------------------------------------------------------------------------
+
+
+def test_save_and_load(session, engine, tmp_path) -> None:
+    chat(session)
+    result = run_command(session, "/save")
+    assert result.message == f"Saved to {session.transcript_path}"
+    target = tmp_path / "my chats" / "paris.md"
+    assert run_command(session, f'/save "{target}"').message == f"Saved to {target}"
+    assert run_command(session, f"/save {tmp_path / 'plain name'}").message.endswith(
+        "plain name.md"
+    )
+    notes = tmp_path / "notes.md"
+    notes.write_text("keep me")
+    with pytest.raises(TranscriptError, match="not a smolchat transcript"):
+        run_command(session, f"/save {notes}")
+    refused(session, "/save 'unbalanced", "unbalanced quotes")
+
+    other = ChatSession(engine, store=TranscriptStore(tmp_path / "t2"))
+    loaded = run_command(other, f"/load {target}")
+    assert loaded.action == "clear" and "Loaded 1 turn from" in loaded.message
+    assert other.messages == session.messages
+    assert other.settings == session.settings
+    refused(other, "/load", "needs a path")
+    with pytest.raises(TranscriptError, match="no such transcript"):
+        run_command(other, f"/load {tmp_path / 'nope.md'}")
+    with pytest.raises(TranscriptError, match="not a valid smolchat transcript"):
+        run_command(other, f"/load {notes}")
+    assert other.messages == session.messages  # a failed load changes nothing
+
+
+def test_load_mentions_another_model(session, tmp_path) -> None:
+    chat(session)
+    path = session.save(tmp_path / "x.md")
+    path.write_text(path.read_text().replace('"model":"', '"model":"SomeOther/Model', 1))
+    assert "recorded with SomeOther/Model" in run_command(session, f"/load {path}").message
+
+
+# --- history commands -----------------------------------------------------------------------
+
+
+def test_retry(session) -> None:
+    refused(session, "/retry", "nothing to retry")
+    chat(session)
+    old = session.messages[-1]
+    result = run_command(session, "/retry")
+    assert result.action == "generate" and result.stream is not None
+    events = list(result.stream)
+    assert isinstance(events[-1], TurnFinished)
+    assert len(session.messages) == 2 and session.messages[-1] is not old
+    refused(session, "/retry now", "takes no argument")
+
+
+def test_undo_clear_and_drop(session) -> None:
+    refused(session, "/undo", "nothing to undo")
+    refused(session, "/drop", "nothing to drop")
+    for text in ("Hello one", "Hello two", "Hello three", "Hello four"):
+        chat(session, text)
+    refused(session, "/undo please", "takes no argument")
+    result = run_command(session, "/undo")
+    assert result.action == "clear" and result.arg == "Hello four"
+    assert len(session.messages) == 6
+    for line, match in [
+        ("/drop 0", "from 1 to 3, got 0"),
+        ("/drop -2", "from 1 to 3"),
+        ("/drop two", "from 1 to 3, got 'two'"),
+        ("/drop 1.5", "whole number"),
+        ("/drop 1 2", "takes one number"),
+        ("/drop 4", "only 3 exchanges"),
+        ("/drop 99999999999999999999999", "only 3 exchanges"),
+    ]:
+        refused(session, line, match)
+    result = run_command(session, "/drop")
+    assert result.action == "clear" and "Dropped the 1 oldest exchange;" in result.message
+    assert session.messages[0]["content"] == "Hello two"
+    assert "2 oldest exchanges" in run_command(session, "/drop 2").message
+    assert session.messages == []
+    chat(session)
+    refused(session, "/clear all", "takes no argument")
+    assert run_command(session, "/clear").action == "clear" and session.messages == []
+
+
+def test_stats(session) -> None:
+    text = run_command(session, "/stats").message
+    assert "last reply: none yet" in text and "context: 0 / 4096" in text
+    chat(session)
+    text = run_command(session, "/stats").message
+    used = session.context_used()
+    assert f"context: {used} / 4096 tokens" in text and "tok/s decode" in text
+    assert "from cache" in text and f"transcript: {session.transcript_path}" in text
+    refused(session, "/stats now", "takes no argument")
+
+
+# --- UI actions -----------------------------------------------------------------------------
+
+
+def test_exit_theme_reasoning(session) -> None:
+    for line in ("/exit", "/quit", "/q", "/EXIT"):
+        assert run_command(session, line).action == "exit"
+    refused(session, "/exit now", "takes no argument")
+    result = run_command(session, "/theme dracula-dark")
+    assert (result.action, result.arg) == ("theme", "dracula-dark")
+    refused(session, "/theme", "needs one theme name")
+    refused(session, "/theme a b", "needs one theme name")
+    refused(session, "/theme ../../etc/passwd", "bad theme name")
+    refused(session, "/theme " + "x" * 100, "bad theme name")
+    for word in ("show", "hide", "SHOW"):
+        result = run_command(session, f"/reasoning {word}")
+        assert (result.action, result.arg) == ("reasoning", word.lower())
+    refused(session, "/reasoning", "takes show or hide")
+    refused(session, "/reasoning shw", "did you mean show")
+    refused(session, "/reasoning toggle now", "takes show or hide")
+
+
+def test_commands_wait_for_a_running_reply(session) -> None:
+    stream = session.send("Hello there")
+    next(stream)
+    with pytest.raises(SmolchatError, match="wait for it or cancel"):
+        run_command(session, "/undo")
+    list(stream)
+
+
+# --- completion -----------------------------------------------------------------------------
+
+
+def test_complete() -> None:
+    assert complete("/") == sorted(f"/{name}" for name in COMMANDS)
+    assert complete("/re") == ["/reasoning", "/retry"]
+    assert complete("/no") == ["/no_think"]
+    assert complete("th") == ["theme", "think"]
+    assert complete("/set t") == [
+        "/set temperature", "/set thinking", "/set top_k", "/set top_p",
+    ]  # fmt: skip
+    assert complete("/reasoning h") == ["/reasoning hide"]
+    assert complete("/zz") == [] and complete("/retry x") == [] and complete("/set top_k 5") == []
