@@ -528,3 +528,14 @@ def test_history_edits(engine) -> None:
     assert session.messages == [] and session.last_stats is None
     with pytest.raises(SmolchatError, match="empty"):
         session.send("  /think")
+
+
+def test_a_stream_prepared_before_a_history_change_refuses_to_run(engine) -> None:
+    session = make_session(engine)
+    finished(session.send(QUESTIONS[0]))
+    stale = session.send(QUESTIONS[1])  # prepared, not started
+    session.undo()
+    with pytest.raises(SmolchatError, match="send it again"):
+        next(stale)
+    assert session.messages == [] and not session.busy
+    finished(session.send(QUESTIONS[1]))

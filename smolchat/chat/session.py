@@ -182,7 +182,9 @@ class ChatSession:
         self.busy = False
         self.transcript_path: Path | None = None  # where this conversation is autosaved
         self.autosave_error: str | None = None  # the last autosave failure (one line), if any
-        self.started = _now()  # conversation start: names the autosave file, pins the date
+        self.started = _now()  # conversation start: names the autosave file
+        self._date_pin = self.started  # the template's "today" (fixed, so renderings stay equal)
+        self._version = 0  # bumped whenever the history changes (guards stale streams)
         self._cancel = threading.Event()
         self._state = threading.Lock()
         self._used_cache: tuple[Any, int] | None = None
@@ -219,7 +221,7 @@ class ChatSession:
         """Token ids of ``history`` rendered by the model's template (date pinned)."""
         tok = self.engine.tokenizer
         msgs = self._template_messages(history, thinking)
-        with pinned_time(self.started):
+        with pinned_time(self._date_pin):
             ids = list(
                 tok.encode_chat(
                     msgs, add_generation_prompt=add_generation_prompt, enable_thinking=thinking
@@ -341,7 +343,7 @@ class ChatSession:
         history = [*self.messages, user]
         ids, max_new = self._plan(history, thinking)
         self._cancel.clear()
-        return self._turn(history, ids, max_new, thinking)
+        return self._turn(history, ids, max_new, thinking, self._version)
 
     def retry(self) -> Iterator[ChatEvent]:
         """Generate the last reply again (the prompt up to it comes from the KV cache)."""
@@ -358,7 +360,7 @@ class ChatSession:
             thinking = self.settings.thinking
         ids, max_new = self._plan(history, thinking)
         self._cancel.clear()
-        return self._turn(history, ids, max_new, thinking)
+        return self._turn(history, ids, max_new, thinking, self._version)
 
     def _turn(
         self,
@@ -366,10 +368,15 @@ class ChatSession:
         ids: list[int],
         max_new: int,
         thinking: bool,
+        version: int,
     ) -> Iterator[ChatEvent]:
         """Stream one reply to ``history`` (ending in a user message), then record it."""
         with self._state:
             self._require_idle()
+            if version != self._version:
+                raise SmolchatError(
+                    "the conversation changed after this message was prepared; send it again"
+                )
             self.busy = True
         opens = self._parser_starts_in_reasoning(ids)
         parser = ReasoningParser(start_in_reasoning=opens)
@@ -402,6 +409,7 @@ class ChatSession:
             if error is not None:
                 reply["error"] = error
             self.messages = [*history, reply]
+            self._version += 1
             self._seen = [*ids, *produced]
             self.last_stats = stats
             self.busy = False
@@ -446,8 +454,9 @@ class ChatSession:
         except Exception as exc:
             finish, error = "error", error_line(exc)
             self._close(stream)
-            with contextlib.suppress(Exception):
-                self.engine.reset_cache()  # the cache may be half-written
+            if not isinstance(exc, SmolchatError):  # refusals come before the cache is touched
+                with contextlib.suppress(Exception):
+                    self.engine.reset_cache()  # the cache may be half-written
             tail = parser.finish()
         except BaseException:  # KeyboardInterrupt and the like: keep the partial, re-raise
             finish = "cancelled"
@@ -484,6 +493,7 @@ class ChatSession:
             raise CommandError("nothing to undo: the conversation is empty")
         removed = self.messages[starts[-1] :]
         self.messages = self.messages[: starts[-1]]
+        self._version += 1
         self.autosave()
         return removed[0].get("content")
 
@@ -502,6 +512,7 @@ class ChatSession:
             )
         cut = starts[n] if n < len(starts) else len(self.messages)
         self.messages = self.messages[cut:]
+        self._version += 1
         self.autosave()
         return n
 
@@ -509,14 +520,16 @@ class ChatSession:
         """Start a new conversation (system prompt and settings stay; the old file stays)."""
         self._require_idle()
         self.messages = []
+        self._version += 1
         self.last_stats = None
         self.transcript_path = None
-        self.started = _now()
+        self.started = self._date_pin = _now()
 
     def set_system(self, text: str | None) -> None:
         """Set the system prompt (None or blank: the model's default)."""
         self._require_idle()
         self.system_prompt = _normalize_system(text)
+        self._version += 1
         if self.messages:
             self.autosave()
 
@@ -597,12 +610,17 @@ class ChatSession:
         self.settings = settings
         self.system_prompt = _normalize_system(data.system_prompt)
         self.messages = [dict(m) for m in data.messages]
+        self._version += 1
         last = next((m for m in reversed(self.messages) if m.get("role") == "assistant"), None)
         self.last_stats = None
         if last and isinstance(last.get("stats"), dict):
             with contextlib.suppress(TypeError):
                 self.last_stats = GenerationStats(**last["stats"])
-        self.started = _now()
+        self._date_pin = _now()
+        try:
+            self.started = datetime.fromisoformat(data.created).astimezone()
+        except (ValueError, TypeError):
+            self.started = self._date_pin
         in_store = self.store is not None and self.store.contains(path)
         self.transcript_path = path if in_store else None
         return data
