@@ -35,7 +35,7 @@ def make_app(
 
     return SmolchatApp(
         AppOptions(
-            model=engine.model_name,
+            model=options.pop("model", engine.model_name),
             load_engine=load or load_engine,
             make_session=make_session,
             **options,

@@ -198,8 +198,8 @@ class ChatScreen(Screen[None]):
             if name == "undo" and result.arg:  # offer the removed message for editing
                 self.prompt.load_text(result.arg)
                 self.prompt.move_cursor(self.prompt.document.end)
-        if name == "help":
-            self.app.push_screen(HelpScreen(result.message))
+        if name == "help":  # all commands and keys, or the help of the one asked about
+            self.app.push_screen(HelpScreen(result.message if line.split()[1:] else None))
         elif result.message:
             self.note(result.message)
         self.refresh_status()
@@ -372,11 +372,7 @@ class ChatScreen(Screen[None]):
             await self.run_slash("/no_think" if self.session.settings.thinking else "/think")
 
     def action_help(self) -> None:
-        try:
-            text = run_command(self.session, "/help").message
-        except SmolchatError as error:
-            text = str(error)
-        self.app.push_screen(HelpScreen(text))
+        self.app.push_screen(HelpScreen())
 
 
 @dataclass

@@ -9,6 +9,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Markdown, Static
 
+from smolchat.chat.commands import COMMANDS
+
 KEYS_HELP = """\
 | Key | Does |
 |---|---|
@@ -25,23 +27,28 @@ KEYS_HELP = """\
 """
 
 
+def commands_help() -> str:
+    """The slash commands as a Markdown list (a list wraps better than a table)."""
+    lines = [f"- `{c.usage}`: {c.help}" for c in COMMANDS.values()]
+    lines.append("")
+    lines.append("End a message with `/think` or `/no_think` to set the mode for it alone.")
+    return "\n".join(lines)
+
+
 class HelpScreen(ModalScreen[None]):
-    """The commands (from ``/help``) and the key bindings."""
+    """The commands and the key bindings (or the help of one command)."""
 
     BINDINGS = [Binding("escape,q,f1", "dismiss", "Close")]
 
-    def __init__(self, commands_help: str) -> None:
+    def __init__(self, text: str | None = None) -> None:
         super().__init__(classes="dialog")
-        self.commands_help = commands_help
+        self.help_text = text if text is not None else commands_help() + "\n\n" + KEYS_HELP
 
     def compose(self) -> ComposeResult:
         with Vertical(id="help-box"):
             yield Static("Help  (Esc closes)", classes="dialog-title")
             with VerticalScroll():
-                yield Markdown(self.commands_help + "\n\n" + KEYS_HELP, id="help-text")
-
-    async def action_dismiss(self, result: None = None) -> None:
-        self.dismiss(result)
+                yield Markdown(self.help_text, id="help-text")
 
 
 class ConfirmScreen(ModalScreen[bool]):
