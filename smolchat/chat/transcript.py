@@ -141,6 +141,8 @@ def _fmt_stats(msg: dict[str, Any]) -> str:
     pre, cached = stats.get("prefilled_tokens"), stats.get("cached_tokens")
     if isinstance(pre, int) and isinstance(cached, int):
         parts.append(f"prompt {pre} new + {cached} cached")
+    if msg.get("thinking") is False:
+        parts.append("thinking off")
     if msg.get("error"):
         parts.append("error: " + _inline(str(msg["error"]), 200))
     return "*" + " · ".join(parts) + "*"
@@ -174,7 +176,12 @@ def _split_text_fields(msg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, s
     meta: dict[str, Any] = {}
     texts: dict[str, str] = {}
     for key, value in msg.items():
-        if key in TEXT_FIELDS and isinstance(value, str) and not _has_lone_surrogate(value):
+        if (
+            key in TEXT_FIELDS
+            and isinstance(value, str)
+            and value
+            and not _has_lone_surrogate(value)
+        ):
             texts[key] = value
         else:
             meta[key] = value
@@ -246,8 +253,6 @@ def _render(data: Transcript, nonce: str) -> tuple[str, int]:
             w.line()
             w.line("</details>")
             w.line()
-        elif "reasoning" in texts:
-            w.text("reasoning", "")
         if "content" in texts:
             w.text("content", texts["content"])
         for key, value in texts.items():
