@@ -1,0 +1,214 @@
+"""The fast decode path (smolchat.engine.fast).
+
+On any machine: the static-input step (device position, K/V written with index_put, attention
+over the whole cache bucket with a mask) and the engine's run-ahead host loop give the same
+tokens as plain eager decoding, across cache buckets, with NoPE and sliding-window layers.
+
+On CUDA (skipped elsewhere): the same with CUDA graphs and torch.compile, against
+transformers on the GPU (float32, tight tolerance), plus bf16, bucket growth (one capture per
+doubling, well under a second), the lower-right causal prefill and the opt-out variable.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from smolchat.engine.fast import ENV_DISABLE, FastDecoder
+from smolchat.engine.types import SamplingParams
+from smolchat.model.cache import MIN_CAPACITY
+from tests.test_cache import GREEDY, ids_of, load_model, make_engine, tokens
+from tests.tiny import build_smollm3
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+CASES = {
+    "nope-gqa-tied": dict(),
+    "sliding-window": dict(sliding_window=40, no_rope_layers=[1, 0, 1, 0]),
+    "llama-mqa-untied": dict(arch="llama", kv_heads=1, tie=False),
+    "yarn": dict(
+        rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
+        max_pos=1024,
+    ),
+}
+SAMPLERS = {
+    "greedy": GREEDY,
+    "penalty": SamplingParams(temperature=0.0, repetition_penalty=1.3),
+    "sampled": SamplingParams(temperature=0.9, top_k=40, top_p=0.9, min_p=0.02, seed=5),
+}
+
+
+@pytest.fixture(scope="module", params=list(CASES), ids=list(CASES))
+def folder(request, tmp_path_factory):
+    return build_smollm3(
+        tmp_path_factory.mktemp(request.param), with_tokenizer=False, **CASES[request.param]
+    )
+
+
+def _fused(fast: FastDecoder) -> None:
+    """Use the Inductor-shaped attention (reductions) even when not compiling."""
+    fast.layer_consts = [c[:-1] + (True,) for c in fast.layer_consts]
+
+
+# --- everywhere: the static step and the host loop ---------------------------------------
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_static_step_decodes_like_eager(folder, sampler):
+    model = load_model(folder)
+    eager, fast = make_engine(model), make_engine(model, fast=True)
+    assert fast.fast is not None and fast.fast.mode == "static-step"
+    vocab = model.config.vocab_size
+    prompt = ids_of(MIN_CAPACITY - 10, vocab, 1)  # the reply crosses into the next bucket
+    want = tokens(eager, prompt, 30, SAMPLERS[sampler])
+    got = tokens(fast, prompt, 30, SAMPLERS[sampler])
+    assert got == want
+    assert fast.cache.capacity == 2 * MIN_CAPACITY
+    assert fast.cached_ids == eager.cached_ids == prompt + want[:-1]
+    follow = prompt + want + ids_of(7, vocab, 2)  # a follow-up turn reuses the cache
+    assert tokens(fast, follow, 12, SAMPLERS[sampler]) == tokens(
+        eager, follow, 12, SAMPLERS[sampler]
+    )
+    assert fast.last_stats.cached_tokens == len(prompt) + len(want) - 1
+
+
+@torch.inference_mode()
+def test_fused_attention_step_matches_a_full_forward(folder):
+    model = load_model(folder)
+    engine = make_engine(model, fast=True)
+    _fused(engine.fast)
+    ids = ids_of(90, model.config.vocab_size, 3)
+    engine.cache.ensure_capacity(len(ids) + 1)
+    model(torch.tensor([ids[:-1]]), engine.cache, 0)
+    engine.cache.length = len(ids) - 1
+    engine.fast.start(len(ids) - 1)
+    engine.fast.stage(torch.tensor([ids[-1]]))
+    engine.fast.step()
+    expected = model(torch.tensor([ids]))[0, -1]
+    assert (engine.fast.logits[0] - expected).abs().max().item() <= 2e-4
+    assert engine.fast.pos.item() == len(ids)  # the step advances its own position
+    assert engine.fast.tok.item() == int(expected.argmax())  # and feeds its greedy pick
+
+
+def test_stop_token_is_not_fed_and_cancel_ends_within_a_token(folder):
+    model = load_model(folder)
+    engine = make_engine(model, fast=True)
+    prompt = ids_of(20, model.config.vocab_size, 4)
+    free_run = tokens(engine, prompt, 10)
+    stop = free_run[4]
+    events = list(engine.generate(prompt, GREEDY, max_new_tokens=10, stop_ids=[stop]))
+    first = free_run.index(stop)
+    assert events[-1].finish_reason == "stop" and events[-1].token_id == stop
+    assert engine.cached_ids == prompt + free_run[:first]  # the stop token's K/V is unused
+    gen = engine.generate(prompt, GREEDY, max_new_tokens=50, stop_ids=[])
+    next(gen)
+    engine.cancel()
+    rest = list(gen)
+    assert rest[-1].finish_reason == "cancelled" and len(rest) <= 2
+
+
+# --- CUDA: graphs, compile, against transformers -------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _enough_recompiles():
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    old = getattr(cfg, name)
+    setattr(cfg, name, 64)  # many tiny shapes in one process
+    yield
+    setattr(cfg, name, old)
+
+
+@cuda
+@torch.inference_mode()
+def test_cuda_graph_step_matches_transformers(folder, request):
+    import transformers
+
+    compile_it = request.node.callspec.id.startswith(("nope-gqa-tied", "sliding-window"))
+    model = load_model(folder, "cuda", torch.float32)
+    engine = make_engine(model, fast=False)
+    engine.fast = FastDecoder(model, engine.cache, compile=compile_it)
+    _fused(engine.fast)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    ref = ref.to("cuda").eval()
+    ids = ids_of(MIN_CAPACITY + 40, model.config.vocab_size, 5)
+    expected = ref(torch.tensor([ids], device="cuda")).logits[0]
+    start = MIN_CAPACITY - 8  # steps cross into the next bucket: a second capture
+    engine.cache.ensure_capacity(start + 1)
+    model(torch.tensor([ids[:start]], device="cuda"), engine.cache, 0)
+    engine.cache.length = start
+    engine.fast.start(start)
+    worst = 0.0
+    for pos in range(start, len(ids)):
+        engine.cache.ensure_capacity(pos + 1)
+        engine.fast.stage(torch.tensor([ids[pos]], device="cuda"))
+        engine.fast.step()
+        engine.cache.length = pos + 1
+        worst = max(worst, (engine.fast.logits[0] - expected[pos]).abs().max().item())
+    assert worst <= 1e-3
+    assert engine.fast.mode == ("cuda-graph+compile" if compile_it else "cuda-graph")
+    assert [cap for cap, _ in engine.fast.captures] == [MIN_CAPACITY, 2 * MIN_CAPACITY]
+    assert engine.fast.captures[-1][1] < 1.0  # re-capture after a doubling: no recompile
+
+
+@cuda
+def test_cuda_greedy_generation_matches_transformers(folder):
+    import transformers
+
+    model = load_model(folder, "cuda", torch.float32)
+    engine = make_engine(model, fast=True)
+    assert engine.fast is not None and engine.fast.graphs
+    ref = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    ref = ref.to("cuda").eval()
+    prompt = ids_of(40, model.config.vocab_size, 6)
+    want = ref.generate(
+        torch.tensor([prompt], device="cuda"),
+        max_new_tokens=40,
+        min_new_tokens=40,
+        do_sample=False,
+        pad_token_id=0,
+    )[0, 40:].tolist()
+    assert tokens(engine, prompt, 40) == want
+
+
+@cuda
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_cuda_bf16_fast_path_agrees_with_eager(folder, sampler):
+    model = load_model(folder, "cuda", torch.bfloat16)
+    eager, fast = make_engine(model), make_engine(model, fast=True)
+    eager.fast = None
+    prompt = ids_of(MIN_CAPACITY - 5, model.config.vocab_size, 7)
+    want = tokens(eager, prompt, 24, SAMPLERS[sampler])
+    got = tokens(fast, prompt, 24, SAMPLERS[sampler])
+    # bf16 kernels differ (fused reductions vs cuBLAS): near-ties may flip late tokens
+    same = sum(a == b for a, b in zip(got, want, strict=True))
+    assert got[:4] == want[:4] and same >= 18
+
+
+@cuda
+@torch.inference_mode()
+def test_cuda_chunked_prefill_matches_one_pass(folder):
+    model = load_model(folder, "cuda", torch.float32)
+    engine = make_engine(model)
+    ids = ids_of(300, model.config.vocab_size, 8)
+    whole = model(torch.tensor([ids], device="cuda"))[0]
+    engine.cache.ensure_capacity(len(ids))
+    parts = []
+    for start in range(0, len(ids), 70):  # chunks after cached tokens: lower-right causal
+        chunk = torch.tensor([ids[start : start + 70]], device="cuda")
+        parts.append(model(chunk, engine.cache, start)[0])
+        engine.cache.length = start + chunk.shape[1]
+    assert (torch.cat(parts) - whole).abs().max().item() <= 1e-3
+
+
+@cuda
+def test_env_var_turns_the_fast_path_off(folder, monkeypatch):
+    model = load_model(folder, "cuda", torch.bfloat16)
+    assert make_engine(model, fast=None).fast is not None
+    monkeypatch.setenv(ENV_DISABLE, "1")
+    engine = make_engine(model, fast=None)
+    assert engine.fast is None
+    assert len(tokens(engine, ids_of(10, model.config.vocab_size, 9), 5)) == 5
