@@ -180,7 +180,9 @@ def chat(
     try:
         SamplingParams().with_(**sampling)
     except SamplingError as error:
-        raise typer.BadParameter(str(error)) from None
+        name = next((n for n in sampling if str(error).startswith(n)), None)
+        hint = f"--{name.replace('_', '-')}" if name else None
+        raise typer.BadParameter(str(error), param_hint=hint) from None
     if prompt == "-":
         prompt = sys.stdin.read().removesuffix("\n").removesuffix("\r")
     config = RunConfig(
@@ -370,7 +372,7 @@ def tui(config: RunConfig) -> int:
 
 def main() -> None:
     """Console-script entry point."""
-    cli()
+    cli(prog_name="smolchat")
 
 
 if __name__ == "__main__":
