@@ -291,6 +291,7 @@ def ours_ttft(engine: Engine, vocab: int) -> dict[str, float]:
     return out
 
 
+@torch.inference_mode()
 def replay_rate(engine: Engine, steps: int = 256) -> float | None:
     """Raw graph replays back to back (GPU-bound; no host work between steps)."""
     fast = engine.fast
@@ -307,6 +308,31 @@ def replay_rate(engine: Engine, steps: int = 256) -> float | None:
         fast.graph.replay()
     sync()
     return round(steps / (time.perf_counter() - t0), 1)
+
+
+def profile_step(engine: Engine, path: Path) -> None:
+    """CUDA kernel times of the (compiled, not captured) step: where a token's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fast = engine.fast
+    if fast is None:
+        return
+    engine.reset_cache()
+    generate(engine, rand_ids(PROMPT, engine.config.vocab_size, 5), 2)
+    fast.start(PROMPT)
+    with torch.inference_mode():
+        for _ in range(3):
+            fast._body()
+        sync()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                fast._body()
+            sync()
+    text = prof.key_averages().table(
+        sort_by="cuda_time_total", row_limit=40, max_name_column_width=90
+    )
+    path.write_text(text)
+    print(text[:6000])
 
 
 def next_token_logits(model_forward: Callable[[torch.Tensor], torch.Tensor], ids: list[int]):
@@ -344,6 +370,8 @@ def phase_ours(res: Results, folder: Path, args) -> None:
     s = generate(engine, rand_ids(PROMPT, vocab, 9), NEW, sampled)
     res.put("ours", {"decode_sampled_tok_s": round(s.decode_tok_s, 1)})
     res.put("ours", {"graph_replay_tok_s": replay_rate(engine)})
+    if args.profile:
+        profile_step(engine, args.out.with_name("profile.txt"))
     log(f"ours: sampled {s.decode_tok_s:.1f}, replay {res.data['ours']['graph_replay_tok_s']}")
     res.put("ours", ours_prefill(engine, vocab))
     log(f"ours: prefill {res.data['ours']}")
@@ -760,6 +788,7 @@ def main() -> None:
     ap.add_argument("--cpu-new", type=int, default=64)
     ap.add_argument("--hf-nf4-new", type=int, default=NEW)
     ap.add_argument("--no-compile-variant", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="kernel times of our decode step")
     ap.add_argument(
         "--smoke", action="store_true", help="a tiny shape and short lengths (checks the script)"
     )

@@ -127,7 +127,7 @@ def _enough_recompiles():
 def test_cuda_graph_step_matches_transformers(folder, request):
     import transformers
 
-    compile_it = request.node.callspec.id.startswith(("nope-gqa-tied", "sliding-window"))
+    compile_it = request.node.callspec.id == "nope-gqa-tied"  # one compile keeps the run short
     model = load_model(folder, "cuda", torch.float32)
     engine = make_engine(model, fast=False)
     engine.fast = FastDecoder(model, engine.cache, compile=compile_it)

@@ -236,6 +236,7 @@ class FastDecoder:
         self.pos.add_(1)
         return logits
 
+    @torch.inference_mode()  # the same grad mode whoever calls: no recompiles
     def _capture(self) -> None:
         t0 = time.perf_counter()
         self.graph, self.logits, self._key = None, None, None
@@ -309,7 +310,8 @@ class FastDecoder:
     def step(self) -> None:
         """Queue one step for the staged token (asynchronous); logits land in ``self.logits``."""
         if not self.graphs:
-            self.logits = self._body()
+            with torch.inference_mode():
+                self.logits = self._body()
             return
         self.prepare()
         assert self.graph is not None
