@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,10 @@ Progress = Callable[[str, int, "int | None"], None]
 THEME_SOURCE = ("smolchat-theme", "")  # the stylesheet slot the current theme file fills
 THEME_PRIORITY = 100  # theme rules win over the app's own rules of equal specificity
 PROGRESS_EVERY_S = 0.05
+# While the UI thread is busy drawing, a generation thread waiting for the GIL (after every
+# torch call or sleep) waits up to the switch interval: 5 ms by default, which caps streaming
+# near 200 tokens/s. 0.5 ms lets it back in quickly (measured: ~2.5x faster fake streams).
+SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass
@@ -79,6 +84,7 @@ class SmolchatApp(App[None]):
         self.error: str | None = None
         self.theme_name = DEFAULT_THEME
         self._quitting = threading.Event()
+        self._switch_interval = sys.getswitchinterval()  # restored when the app ends
         self._theme_error = None if self._set_theme(options.theme) else options.theme
         if self._theme_error:
             self._set_theme(DEFAULT_THEME)
@@ -111,6 +117,7 @@ class SmolchatApp(App[None]):
 
     # ---- loading ----------------------------------------------------------------------
     def on_mount(self) -> None:
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         opts = self.options
         screen = LoadingScreen(
             opts.model, device=opts.device, dtype=opts.dtype, quantize=opts.quantize
@@ -173,6 +180,9 @@ class SmolchatApp(App[None]):
         self.exit(return_code=1)
 
     # ---- quitting ---------------------------------------------------------------------
+    def on_unmount(self) -> None:
+        sys.setswitchinterval(self._switch_interval)
+
     def action_stop_or_quit(self) -> None:
         """Ctrl+C: stop the reply being generated; quit when idle."""
         screen = self.screen

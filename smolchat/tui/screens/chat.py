@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -74,6 +75,10 @@ class ChatScreen(Screen[None]):
         self.session = session
         self.show_reasoning = show_reasoning
         self.turn: Turn | None = None  # the turn being generated
+        # back-pressure: the worker posts the next chunk only after the last one was drawn,
+        # so a busy UI gets fewer, larger chunks instead of a queue (and leaves CPU to the model)
+        self._drawn = threading.Event()
+        self._drawn.set()
 
     # ---- layout -----------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -219,6 +224,7 @@ class ChatScreen(Screen[None]):
         self.conversation.anchor()
         self.turn = turn
         self.refresh_status()
+        self._drawn.set()
         self.generate(factory, drop)
 
     @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
@@ -247,7 +253,8 @@ class ChatScreen(Screen[None]):
                     self.post_message(self.TurnDone(event))
                     return
                 now = time.monotonic()
-                if now - last_post >= FRAME_S:
+                if now - last_post >= FRAME_S and self._drawn.is_set():
+                    self._drawn.clear()  # set again once the UI has drawn this chunk
                     self.post_message(self.Chunk("".join(reasoning), "".join(answer)))
                     reasoning.clear()
                     answer.clear()
@@ -266,6 +273,7 @@ class ChatScreen(Screen[None]):
         if self.turn is not None:
             self.turn.reply.add_reasoning(message.reasoning)
             await self.turn.reply.add_answer(message.answer)
+        self.call_after_refresh(self._drawn.set)
 
     @on(TurnDone)
     async def _on_turn_done(self, message: TurnDone) -> None:
