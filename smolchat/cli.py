@@ -84,9 +84,18 @@ def _check_theme(value: str | None) -> str | None:
     return value
 
 
-def _range(name: str) -> dict[str, float]:
+def _range(name: str) -> dict[str, Any]:
     low, high = SamplingParams.RANGES[name]
-    return {"min": low, "max": high}
+    return {"min": low, "max": high, "help": "Default: the model's generation_config."}
+
+
+def _themes_help() -> str:
+    from smolchat.tui.themes import DEFAULT_THEME, available_themes
+
+    return f"TUI theme: {', '.join(available_themes())} (default {DEFAULT_THEME})."
+
+
+_THEMES_HELP = _themes_help()
 
 
 cli = typer.Typer(
@@ -125,7 +134,9 @@ def chat(
     top_p: Annotated[
         float | None, typer.Option(rich_help_panel=SAMPLING, **_range("top_p"))
     ] = None,
-    top_k: Annotated[int | None, typer.Option(rich_help_panel=SAMPLING, min=0)] = None,
+    top_k: Annotated[
+        int | None, typer.Option(rich_help_panel=SAMPLING, min=0, help="0 disables it.")
+    ] = None,
     min_p: Annotated[
         float | None, typer.Option(rich_help_panel=SAMPLING, **_range("min_p"))
     ] = None,
@@ -135,9 +146,12 @@ def chat(
     max_new_tokens: Annotated[
         int | None, typer.Option(min=1, help="Longest reply, in tokens.", rich_help_panel=SAMPLING)
     ] = None,
-    seed: Annotated[int | None, typer.Option(min=0, rich_help_panel=SAMPLING)] = None,
+    seed: Annotated[
+        int | None, typer.Option(min=0, help="Repeatable sampling.", rich_help_panel=SAMPLING)
+    ] = None,
     theme: Annotated[
-        str | None, typer.Option(help="TUI theme.", callback=_check_theme, rich_help_panel=CHAT)
+        str | None,
+        typer.Option(help=_THEMES_HELP, callback=_check_theme, rich_help_panel=CHAT),
     ] = None,
     transcripts: Annotated[
         Path | None,

@@ -42,7 +42,7 @@ async def test_type_and_send_shows_the_exchange() -> None:
         assert screen.session.messages[0]["content"] == "Hi there"
         # the status bar shows the model, precision, think mode, context and speed
         line = status_line(screen)
-        for part in ("fake/SmolLM3-test", "cpu float32", "think", "T 0.6", "100.0 tok/s"):
+        for part in ("SmolLM3-test", "cpu float32", "think", "T 0.6", "100.0 tok/s"):
             assert part in line
         assert f"ctx {screen.session.context_used():,}/8,192" in line
 

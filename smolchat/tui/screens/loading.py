@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Center, Vertical
@@ -44,7 +46,12 @@ class LoadingScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         with Center(), Vertical(id="loading-box"):
             yield Label("smolchat", id="loading-title")
-            yield Static(self.model, id="loading-model", markup=False)
+            path = Path(self.model).expanduser()
+            if path.exists():  # a folder or file: its name, then where it is
+                yield Static(path.name, id="loading-model", markup=False)
+                yield Static(str(path.resolve().parent), id="loading-where", markup=False)
+            else:
+                yield Static(self.model, id="loading-model", markup=False)
             yield Static(self._placement_text(), id="loading-placement", markup=False)
             yield Static("Starting…", id="loading-stage", markup=False)
             yield ProgressBar(total=None, show_eta=False, id="loading-bar")

@@ -30,10 +30,10 @@ class StatusInfo:
     def parts(self) -> list[tuple[int, str]]:
         """(priority, text) of each field; the lowest priorities go first when space is short."""
         parts = [
-            (3, self.model),
+            (4, self.model.rstrip("/").rsplit("/", 1)[-1]),  # the repo name, not its owner
             (5, f"{self.device} {self.precision}"),
             (6, "think" if self.thinking else "no_think"),
-            (4, f"T {self.temperature:g}"),
+            (3, f"T {self.temperature:g}"),
             (1, f"top_p {self.top_p:g}"),
             (7, f"ctx {self.context_used:,}/{self.context_limit:,}"),
         ]
