@@ -186,7 +186,7 @@ class PlainChat:
                 if not state["reasoning"]:
                     text = text.lstrip()
                 state["reasoning"] = True
-                out.print(Text(text, style="dim italic"), end="")
+                out.print(Text(text, style="dim italic"), end="", soft_wrap=True)
 
         def on_answer(text: str) -> None:
             if not state["answer"]:
@@ -196,7 +196,7 @@ class PlainChat:
                 if state["reasoning"]:
                     out.print("\n")
             state["answer"] = True
-            out.print(Text(text), end="")
+            out.print(Text(text), end="", soft_wrap=True)
 
         started = time.monotonic()
         finished, _ = consume(stream, self.session, on_reasoning, on_answer)

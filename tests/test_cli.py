@@ -258,3 +258,25 @@ def test_one_shot_tiny_model_equals_the_session(tiny_model: Path) -> None:
     result = run_cli(str(tiny_model), "-p", "hello", "--temperature", "0", "--max-new-tokens", "12")
     assert result.returncode == 0, result.stderr
     assert result.stdout == expected + ("" if expected.endswith("\n") or not expected else "\n")
+
+
+def test_plain_resume_continues_the_latest_transcript(fake, tmp_path) -> None:
+    first = runner.invoke(
+        cli.cli, ["m", "--plain", "--transcripts", str(tmp_path)], input="remember 42\n/exit\n"
+    )
+    assert first.exit_code == 0 and len(list(tmp_path.glob("*.md"))) == 1
+    second = runner.invoke(
+        cli.cli,
+        ["m", "--plain", "--resume", "--transcripts", str(tmp_path)],
+        input="what number?\n/exit\n",
+    )
+    assert second.exit_code == 0 and "Resumed" in second.stdout
+    prompt = fake.tokenizer.decode(fake.calls[-1]["ids"])
+    assert "remember 42" in prompt and "what number?" in prompt
+
+
+def test_resume_without_transcripts_says_so(fake, tmp_path) -> None:
+    result = runner.invoke(
+        cli.cli, ["m", "--plain", "--resume", "--transcripts", str(tmp_path)], input="/exit\n"
+    )
+    assert result.exit_code == 0 and "No transcript to resume" in result.stdout
