@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from textual.widgets import Collapsible, Static
+from textual.widgets.markdown import MarkdownFence
 
 from smolchat.tui.screens.chat import ChatScreen
 from smolchat.tui.widgets.conversation import AssistantMessage, UserMessage
@@ -62,6 +63,10 @@ async def test_reply_streams_then_is_rendered_complete() -> None:
         # the final full update rendered the code block (not lost while streaming)
         assert reply.code_blocks() == ["def add(a, b):\n    return a + b\n"]
         assert reply.answer.source == full
+        fences = list(reply.answer.query(MarkdownFence))
+        assert [(f.lexer, f.code) for f in fences] == [
+            ("python", "def add(a, b):\n    return a + b")
+        ]
 
 
 async def test_reasoning_is_open_while_thinking_and_collapses_for_the_answer() -> None:
