@@ -7,6 +7,7 @@ parity tests compare our network against ``SmolLM3ForCausalLM`` on the same weig
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 SPECIAL_TOKENS = [
@@ -19,7 +20,19 @@ SPECIAL_TOKENS = [
     "<|im_end|>",
 ]
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "smollm3"
+
+def _find_fixtures() -> Path:
+    """``../shared/fixtures/smollm3`` beside the checkout (or $SMOLCHAT_FIXTURES, /work/shared)."""
+    env = os.environ.get("SMOLCHAT_FIXTURES")
+    candidates = [Path(env)] if env else []
+    candidates += [
+        Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "smollm3",
+        Path("/work/shared/fixtures/smollm3"),
+    ]
+    return next((c for c in candidates if c.exists()), candidates[0])
+
+
+FIXTURES = _find_fixtures()
 
 CHATML_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
