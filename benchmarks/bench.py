@@ -335,6 +335,43 @@ def profile_step(engine: Engine, path: Path) -> None:
     print(text[:6000])
 
 
+def profile_eager(engine: Engine, path: Path) -> None:
+    """Host and device time of one eager decode step (where plain PyTorch decoding goes)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    engine.reset_cache()
+    generate(engine, rand_ids(PROMPT, engine.config.vocab_size, 5), 2)
+    with torch.inference_mode():
+        engine._step(1)
+        sync()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            engine._step(2)
+            sync()
+    averages = prof.key_averages()
+    text = averages.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60)
+    path.write_text(text)
+    print(text[:4000])
+
+
+def phase_ours_inductor(res: Results, folder: Path, args) -> None:
+    """The same weights with the Inductor-compiled step (Triton attention) instead."""
+    from smolchat.engine.fast import FastDecoder
+
+    free()
+    engine = load_ours(folder, DEVICE, torch.bfloat16, None, fast=False)
+    engine.fast = FastDecoder(engine.model, engine.cache, kernels="inductor")
+    t0 = time.perf_counter()
+    engine.warmup()
+    res.put("ours_inductor", {"first_compile_capture_s": round(time.perf_counter() - t0, 1)})
+    res.put("ours_inductor", {"mode": engine.fast.mode if engine.fast else "eager"})
+    vocab = engine.config.vocab_size
+    res.put("ours_inductor", {"decode_tok_s": ours_decode(engine, vocab)})
+    res.put("ours_inductor", {"graph_replay_tok_s": replay_rate(engine)})
+    log(f"ours (inductor): {res.data['ours_inductor']}")
+    del engine
+    free()
+
+
 def next_token_logits(model_forward: Callable[[torch.Tensor], torch.Tensor], ids: list[int]):
     x = torch.tensor([ids], device=DEVICE)
     with torch.inference_mode():
@@ -374,6 +411,9 @@ def phase_ours(res: Results, folder: Path, args) -> None:
         profile_step(engine, args.out.with_name("profile.txt"))
     log(f"ours: sampled {s.decode_tok_s:.1f}, replay {res.data['ours']['graph_replay_tok_s']}")
     res.put("ours", ours_prefill(engine, vocab))
+    from smolchat.model import network
+
+    res.put("ours", {"prefill_flash_lower_right": network._FLASH_OK[0]})
     log(f"ours: prefill {res.data['ours']}")
     reset_peak()
     res.put("ours", ours_ttft(engine, vocab))
@@ -394,6 +434,8 @@ def phase_ours(res: Results, folder: Path, args) -> None:
     engine.reset_cache()
     s = generate(engine, rand_ids(PROMPT, vocab, 8), 32)
     res.put("ours", {"eager_decode_tok_s": round(s.decode_tok_s, 1)})
+    if args.profile:
+        profile_eager(engine, args.out.with_name("profile_eager.txt"))
     del engine, ref
     free()
     if args.no_compile_variant:
@@ -753,7 +795,8 @@ def table(data: dict[str, Any]) -> str:
             f"{env['bf16_weight_bytes_gb']} GB -> weight-read limit "
             f"{env['bf16_weight_read_limit_tok_s']} tok/s"
         )
-    systems = [k for k in ("ours", "hf", "hf_static", "nf4", "hf_nf4") if k in data]
+    order = ("ours", "ours_inductor", "hf", "hf_static", "nf4", "hf_nf4")
+    systems = [k for k in order if k in data]
     systems += [k for k in data if k.startswith(("ours_", "hf_")) and k not in systems]
     keys: list[str] = []
     for s in systems:
@@ -824,6 +867,7 @@ def main() -> None:
     log(f"checkpoint ready in {time.perf_counter() - t0:.1f}s")
     runners = {
         "ours": phase_ours,
+        "ours_inductor": phase_ours_inductor,
         "nf4": phase_nf4,
         "hf": phase_hf,
         "hf_nf4": phase_hf_nf4,

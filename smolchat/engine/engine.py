@@ -22,7 +22,7 @@ from smolchat.model.cache import KVCache
 from smolchat.model.config import ModelConfig
 from smolchat.model.network import CausalLM
 
-PREFILL_CHUNK = 2048
+PREFILL_CHUNK = 8192  # tokens per prefill forward (long prompts go in chunks)
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,19 @@
   into ``tok`` itself, so greedy decoding needs no host work but reading the id; other
   sampling runs on the GPU on the graph's logits and writes its token into ``tok``.
 
+Three ways to fill the step (``FastDecoder.kernels``), best first:
+
+- ``"triton"`` (dense weights): our Triton kernels only (:mod:`smolchat.engine.kernels`): per
+  layer one matvec with RMSNorm fused (q/k/v), split-K attention with RoPE and the K/V write
+  fused (2 kernels), o-proj + residual, gate/up with RMSNorm and SiLU fused, down + residual.
+  Six launches a layer, no torch.compile (start-up is a few seconds of kernel tuning).
+- ``"inductor"`` (NF4, or a model with biases): the parts before and after attention compiled
+  by Inductor (static shapes), attention by the Triton kernel.
+- without Triton (or a head size it cannot take): the whole layer compiled, attention included.
+
 ``SMOLCHAT_NO_CUDA_GRAPHS=1`` turns the path off (plain eager decoding);
-``SMOLCHAT_NO_COMPILE=1`` keeps the graphs but skips torch.compile (faster start, slower steps).
+``SMOLCHAT_NO_COMPILE=1`` keeps the graphs but skips torch.compile (faster start, slower steps);
+``SMOLCHAT_DECODE_KERNELS=inductor`` picks the Inductor variant where both are possible.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ log = logging.getLogger(__name__)
 
 ENV_DISABLE = "SMOLCHAT_NO_CUDA_GRAPHS"
 ENV_NO_COMPILE = "SMOLCHAT_NO_COMPILE"
+ENV_KERNELS = "SMOLCHAT_DECODE_KERNELS"
 COMPILE_OPTIONS = {"coordinate_descent_tuning": True}
 
 # A linear layer as the step sees it: ("dense", weight, bias) or
@@ -120,6 +132,19 @@ def _layer_step(
     return x + _linear(F.silu(gate) * up, down_spec)
 
 
+def _pre_step(x: torch.Tensor, ln1: torch.Tensor, qkv: LinearSpec, eps: float) -> torch.Tensor:
+    """RMSNorm + the fused q/k/v projection: (1, C) -> (1, (H + 2 KV) * hd), RoPE not applied."""
+    return _linear(_rms(x, ln1, eps), qkv)
+
+
+def _post_step(x: torch.Tensor, y: torch.Tensor, w: tuple, eps: float, inter: int):
+    """o-proj + residual, RMSNorm, gate/up, SiLU, down-proj + residual: (1, C) -> (1, C)."""
+    _, _, o_spec, ln2, gu_spec, down_spec = w
+    x = x + _linear(y.to(x.dtype), o_spec)
+    gate, up = _linear(_rms(x, ln2, eps), gu_spec).split(inter, dim=-1)
+    return x + _linear(F.silu(gate) * up, down_spec)
+
+
 def _head_step(x: torch.Tensor, norm: torch.Tensor, eps: float, head: LinearSpec):
     logits = _linear(_rms(x, norm, eps), head)  # (1, V)
     return logits, logits.argmax(dim=-1)
@@ -133,6 +158,22 @@ def _compiled(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     if name not in _COMPILED:
         _COMPILED[name] = torch.compile(fn, fullgraph=True, options=COMPILE_OPTIONS)
     return _COMPILED[name]
+
+
+def _triton_ok() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _attention_ok(head_dim: int) -> bool:
+    return head_dim >= 16 and head_dim & (head_dim - 1) == 0 and head_dim <= 256
+
+
+def is_quantized(module: nn.Module) -> bool:
+    return getattr(getattr(module, "weight", None), "quant_state", None) is not None
 
 
 # --- weights as the step sees them ---------------------------------------------------------
@@ -168,6 +209,7 @@ class FastDecoder:
         *,
         compile: bool | None = None,
         graphs: bool | None = None,
+        kernels: str | None = None,
     ) -> None:
         self.model, self.cache = model, cache
         self.device = cache.device
@@ -177,6 +219,24 @@ class FastDecoder:
         if compile is None:
             compile = self.graphs and not _env_on(ENV_NO_COMPILE)
         self.compile = compile
+        self.att = None  # Triton decode attention, when it can run
+        self.kernels = "eager"
+        if self.graphs and _triton_ok() and _attention_ok(cfg.head_dim):
+            from smolchat.engine.kernels import DecodeAttention
+
+            self.att = DecodeAttention(
+                cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, self.device
+            )
+            dense = not any(
+                is_quantized(m) or getattr(m, "bias", None) is not None
+                for layer in model.model.layers
+                for m in layer.modules()
+                if m is not layer
+            )
+            want = kernels or os.environ.get(ENV_KERNELS, "").strip().lower() or "triton"
+            self.kernels = "triton" if want == "triton" and dense else "inductor"
+        elif self.compile:
+            self.kernels = "inductor"
         self.eps = cfg.rms_norm_eps
         self.layer_weights = []
         self.layer_consts = []
@@ -215,26 +275,89 @@ class FastDecoder:
         self._key: tuple[int, int] | None = None
         self._pool = None
         self.failed: str | None = None
+        self._tuned = False
         self.captures: list[tuple[int, float]] = []  # (bucket capacity, seconds) per capture
         self._bind()
 
     def _bind(self) -> None:
-        if self.compile:
+        if self.compile and self.kernels != "triton":
             self._layer_fn = _compiled("layer", _layer_step)
+            self._pre_fn = _compiled("pre", _pre_step)
+            self._post_fn = _compiled("post", _post_step)
             self._head_fn = _compiled("head", _head_step)
         else:
             self._layer_fn, self._head_fn = _layer_step, _head_step
+            self._pre_fn, self._post_fn = _pre_step, _post_step
 
     # --- the step ------------------------------------------------------------------------
     def _body(self) -> torch.Tensor:
+        if self.kernels == "triton":
+            return self._body_triton()
         x = F.embedding(self.tok, self.model.model.embed_tokens.weight)  # (1, C)
         inv_freq = self.model.rotary.inv_freq
         for i, (w, consts) in enumerate(zip(self.layer_weights, self.layer_consts, strict=True)):
-            x = self._layer_fn(x, self.pos, inv_freq, w, self.cache.k[i], self.cache.v[i], consts)
+            kc, vc = self.cache.k[i], self.cache.v[i]
+            if self.att is None:
+                x = self._layer_fn(x, self.pos, inv_freq, w, kc, vc, consts)
+                continue
+            qkv = self._pre_fn(x, w[0], w[1], self.eps)  # (1, (H + 2 KV) * hd)
+            y = self.att(
+                qkv.view(-1),
+                kc,
+                vc,
+                self.pos,
+                inv_freq,
+                use_rope=consts[6],
+                window=consts[7],
+                rope_scaling=consts[5],
+            )  # (H * hd,)
+            x = self._post_fn(x, y.view(1, -1), w, self.eps, consts[3])
         logits, nxt = self._head_fn(x, self.model.model.norm.weight, self.eps, self.head)
         self.tok.copy_(nxt)
         self.pos.add_(1)
         return logits
+
+    def _body_triton(self) -> torch.Tensor:
+        from smolchat.engine.kernels import gemv
+
+        eps, inv_freq = self.eps, self.model.rotary.inv_freq
+        x = F.embedding(self.tok, self.model.model.embed_tokens.weight)[0]  # (C,), updated in place
+        for i, (w, consts) in enumerate(zip(self.layer_weights, self.layer_consts, strict=True)):
+            ln1, qkv_spec, o_spec, ln2, gu_spec, down_spec = w
+            qkv = gemv(x, qkv_spec[1], norm=ln1, eps=eps)
+            y = self.att(
+                qkv,
+                self.cache.k[i],
+                self.cache.v[i],
+                self.pos,
+                inv_freq,
+                use_rope=consts[6],
+                window=consts[7],
+                rope_scaling=consts[5],
+            )
+            gemv(y, o_spec[1], res=x, out=x)
+            a = gemv(x, gu_spec[1], norm=ln2, eps=eps, gated=True)
+            gemv(a, down_spec[1], res=x, out=x)
+        logits = gemv(x, self.head[1], norm=self.model.model.norm.weight, eps=eps)
+        self.tok.copy_(logits.argmax().view(1))
+        self.pos.add_(1)
+        return logits.view(1, -1)
+
+    def _tune(self) -> None:
+        """Pick each matvec's block sizes on this GPU (once per shape per process)."""
+        from smolchat.engine.kernels import tune_gemv
+
+        ln1, qkv_spec, o_spec, ln2, gu_spec, down_spec = self.layer_weights[0]
+        c = ln1.shape[0]
+        x = torch.randn(c, device=self.device, dtype=ln1.dtype)
+        tune_gemv(x, qkv_spec[1], norm=ln1)
+        tune_gemv(
+            torch.randn(o_spec[1].shape[1], device=self.device, dtype=x.dtype), o_spec[1], res=x
+        )
+        tune_gemv(x, gu_spec[1], norm=ln2, gated=True)
+        a = torch.randn(down_spec[1].shape[1], device=self.device, dtype=x.dtype)
+        tune_gemv(a, down_spec[1], res=x)
+        tune_gemv(x, self.head[1], norm=ln1)
 
     @torch.inference_mode()  # the same grad mode whoever calls: no recompiles
     def _capture(self) -> None:
@@ -243,6 +366,9 @@ class FastDecoder:
         if self.compile:
             for t in self.cache.k + self.cache.v:
                 torch._dynamo.maybe_mark_dynamic(t, 2)
+        if self.kernels == "triton" and not self._tuned:
+            self._tune()
+            self._tuned = True
         tok, pos = self.tok.clone(), self.pos.clone()
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
@@ -278,12 +404,19 @@ class FastDecoder:
         except torch.OutOfMemoryError:
             raise
         except Exception as exc:  # compiler or capture trouble: degrade, never break decoding
+            if self.kernels == "triton":
+                log.warning("Triton decode kernels failed (%s); using Inductor", exc)
+                self.kernels = "inductor" if self.compile else "eager"
+                self.att = None
+                self._bind()
+                return self.prepare()
             if not self.compile:
                 self.failed = f"{type(exc).__name__}: {exc}"[:300]
                 log.warning("CUDA graph decode disabled: %s", self.failed)
                 raise
             log.warning("torch.compile failed (%s); capturing the uncompiled step", exc)
             self.compile = False
+            self.kernels = "eager"
             self.layer_consts = [c[:-1] + (False,) for c in self.layer_consts]
             self._bind()
             self._capture()
@@ -321,4 +454,7 @@ class FastDecoder:
     def mode(self) -> str:
         if not self.graphs:
             return "static-step"
-        return "cuda-graph+compile" if self.compile else "cuda-graph"
+        if self.kernels == "triton":
+            return "cuda-graph+triton"
+        base = "cuda-graph+compile" if self.compile else "cuda-graph"
+        return base + ("+triton-attention" if self.att is not None else "")

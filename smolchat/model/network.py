@@ -20,9 +20,14 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _FUSED_RMS_NORM:  # one op: (x.float() * rstd).to(dtype) * weight, like transformers
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
+
+
+_FUSED_RMS_NORM = hasattr(F, "rms_norm")
 
 
 class Attention(nn.Module):
@@ -54,12 +59,13 @@ class Attention(nn.Module):
         mask: torch.Tensor | None,  # (T, S) bool, True = attend; None = plain causal
     ) -> torch.Tensor:
         b, t, _ = x.shape
-        q, k, v = self.qkv_proj(x).split(self.splits, dim=-1)
-        q = q.reshape(b, t, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, hd)
-        k = k.reshape(b, t, self.n_kv, self.hd).transpose(1, 2)  # (B, n_kv, T, hd)
-        v = v.reshape(b, t, self.n_kv, self.hd).transpose(1, 2)
-        if self.use_rope:
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        qkv = self.qkv_proj(x)
+        n_qk = (self.n_heads + self.n_kv) * self.hd
+        qk = qkv[..., :n_qk].reshape(b, t, self.n_heads + self.n_kv, self.hd).transpose(1, 2)
+        if self.use_rope:  # q and k rotated together: one pass instead of two
+            qk = apply_rotary(qk, cos, sin)
+        q, k = qk.split((self.n_heads, self.n_kv), dim=1)  # (B, H, T, hd), (B, n_kv, T, hd)
+        v = qkv[..., n_qk:].reshape(b, t, self.n_kv, self.hd).transpose(1, 2)
         if cache is not None:
             cache.write(self.layer, start, k, v)
             k, v = cache.view(self.layer, start + t)  # (B, n_kv, S, hd)
@@ -82,15 +88,24 @@ def fused_parts(
     return {n: (target, o, s) for n, o, s in zip(names, offsets, sizes, strict=True)}
 
 
+_FLASH_OK: list[bool] = [True]
 _LOWER_RIGHT_OK: list[bool] = [True]
 
 
 def _lower_right_causal(q, k, v, mask, gqa: bool) -> torch.Tensor:
     """Chunk i of a prompt after cached tokens: flash attention's bottom-right causal mask.
 
-    Same result as the explicit (T, S) mask, without materializing it; falls back to the mask
-    if this torch build cannot dispatch it.
+    Same result as the explicit (T, S) mask, without materializing it: FlashAttention's
+    ``is_causal`` aligns the mask bottom-right when there are more keys than queries, and it
+    takes fewer k/v heads than q heads. Falls back to ``causal_lower_right``, then the mask.
     """
+    if _FLASH_OK[0] and q.dtype in (torch.float16, torch.bfloat16):
+        try:
+            return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, True)[0]
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, TypeError, ValueError):
+            _FLASH_OK[0] = False
     if _LOWER_RIGHT_OK[0]:
         from torch.nn.attention.bias import causal_lower_right
 

@@ -1,0 +1,368 @@
+"""Triton kernels for the batch-1 decode step on CUDA.
+
+- :func:`gemv`: ``out = W @ x`` for one token, with the RMSNorm before it (``norm``), the SiLU
+  gate after it (``gated``: rows ``[0, I)`` are the gate, ``[I, 2I)`` the up projection, the
+  output is ``silu(gate) * up``) or the residual add (``res``) fused in. Every rounding to
+  the model dtype happens where the eager network rounds, so results match it closely.
+- :func:`decode_attention`: split-K ("flash-decoding") attention of one query over the cache
+  bucket, reading the position from device memory, so one CUDA graph serves every step. It
+  applies RoPE to q and the new k itself and writes the new k/v into the cache.
+
+Import needs ``triton`` (shipped with CUDA builds of torch); the tests run the same kernels in
+Triton's CPU interpreter (``TRITON_INTERPRET=1``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import triton
+import triton.language as tl
+
+# (BLOCK_N, BLOCK_K, num_warps) tried per matrix shape when tuning; the first is the default
+GEMV_CONFIGS = (
+    (4, 512, 4),
+    (8, 256, 4),
+    (8, 512, 8),
+    (16, 256, 8),
+    (2, 1024, 4),
+    (16, 512, 8),
+)
+ATTN_BLOCK_N = 64
+MAX_SPLITS = 64
+_tuned: dict[tuple, tuple[int, int, int]] = {}
+
+
+@triton.jit
+def _gemv_kernel(
+    X,
+    W,
+    OUT,
+    RES,
+    NW,
+    N,
+    K,
+    eps,
+    NORM: tl.constexpr,
+    GATED: tl.constexpr,
+    RESID: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    ks = tl.arange(0, BLOCK_K)
+    dtype = OUT.dtype.element_ty
+    if NORM:
+        ss = tl.zeros([BLOCK_K], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            xv = tl.load(X + k0 + ks, mask=k0 + ks < K, other=0.0).to(tl.float32)
+            ss += xv * xv
+        rstd = tl.rsqrt(tl.sum(ss, 0) / K + eps)
+    wrow = rows.to(tl.int64)[:, None] * K
+    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    if GATED:
+        wrow2 = (rows + N).to(tl.int64)[:, None] * K
+        acc2 = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + ks
+        cmask = cols < K
+        xv = tl.load(X + cols, mask=cmask, other=0.0)
+        if NORM:  # weight * (x * rstd).to(dtype), as RMSNorm rounds
+            h = (xv.to(tl.float32) * rstd).to(dtype).to(tl.float32)
+            nw = tl.load(NW + cols, mask=cmask, other=0.0).to(tl.float32)
+            xv = (nw * h).to(dtype)
+        xf = xv.to(tl.float32)[None, :]
+        m2 = rmask[:, None] & cmask[None, :]
+        w = tl.load(W + wrow + cols[None, :], mask=m2, other=0.0)
+        acc += w.to(tl.float32) * xf
+        if GATED:
+            w2 = tl.load(W + wrow2 + cols[None, :], mask=m2, other=0.0)
+            acc2 += w2.to(tl.float32) * xf
+    out = tl.sum(acc, 1)
+    if GATED:  # silu(gate) * up, each rounded like the eager ops
+        g = out.to(dtype).to(tl.float32)
+        u = tl.sum(acc2, 1).to(dtype).to(tl.float32)
+        out = (g * tl.sigmoid(g)).to(dtype).to(tl.float32) * u
+    if RESID:
+        r = tl.load(RES + rows, mask=rmask, other=0.0).to(tl.float32)
+        out = r + out.to(dtype).to(tl.float32)
+    tl.store(OUT + rows, out.to(dtype), mask=rmask)
+
+
+def gemv(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    *,
+    out: torch.Tensor | None = None,
+    norm: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    gated: bool = False,
+    res: torch.Tensor | None = None,
+    config: tuple[int, int, int] | None = None,
+) -> torch.Tensor:
+    """One token through a linear layer: ``(K,) -> (N,)`` (``gated``: ``(N/2,)``)."""
+    n, k = w.shape
+    if gated:
+        n //= 2
+    if out is None:
+        out = torch.empty(n, device=x.device, dtype=x.dtype)
+    block_n, block_k, warps = config or _tuned.get(_key(w, norm, gated, res), GEMV_CONFIGS[0])
+    _gemv_kernel[(triton.cdiv(n, block_n),)](
+        x,
+        w,
+        out,
+        res if res is not None else out,
+        norm if norm is not None else w,
+        n,
+        k,
+        eps,
+        NORM=norm is not None,
+        GATED=gated,
+        RESID=res is not None,
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        num_warps=warps,
+    )
+    return out
+
+
+def _key(w: torch.Tensor, norm, gated: bool, res) -> tuple:
+    return (tuple(w.shape), w.dtype, norm is not None, gated, res is not None)
+
+
+def tune_gemv(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    *,
+    norm: torch.Tensor | None = None,
+    gated: bool = False,
+    res: torch.Tensor | None = None,
+    reps: int = 20,
+) -> tuple[int, int, int]:
+    """Time each config on this device for this matrix (CUDA events); keep the fastest."""
+    key = _key(w, norm, gated, res)
+    if key in _tuned:
+        return _tuned[key]
+    best, best_t = GEMV_CONFIGS[0], math.inf
+    for cfg in GEMV_CONFIGS:
+        try:
+            for _ in range(3):
+                gemv(x, w, norm=norm, gated=gated, res=res, config=cfg)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(reps):
+                gemv(x, w, norm=norm, gated=gated, res=res, config=cfg)
+            end.record()
+            end.synchronize()
+            t = start.elapsed_time(end)
+        except Exception:  # a config this device cannot run (resources): skip it
+            continue
+        if t < best_t:
+            best, best_t = cfg, t
+    _tuned[key] = best
+    return best
+
+
+@triton.jit
+def _attn_split_kernel(
+    QKV,
+    KC,
+    VC,
+    POS,
+    INV_FREQ,
+    MO,
+    LO,
+    AO,
+    S,
+    SPLIT,
+    NSPLIT,
+    WINDOW,
+    scale,
+    rope_scaling,
+    H: tl.constexpr,
+    KV: tl.constexpr,
+    REP: tl.constexpr,
+    RP: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    USE_ROPE: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    g = tl.program_id(0)  # kv head
+    sp = tl.program_id(1)  # split of the cache
+    pos = tl.load(POS).to(tl.int32)
+    d = tl.arange(0, D)
+    r = tl.arange(0, RP)
+    rmask = r < REP
+    qoff = (g * REP + r)[:, None] * D
+    q = tl.load(QKV + qoff + d[None, :], mask=rmask[:, None], other=0.0)
+    dtype = q.dtype
+    kn = tl.load(QKV + H * D + g * D + d)
+    vn = tl.load(QKV + (H + KV) * D + g * D + d)
+    if USE_ROPE:  # rotate-half RoPE in float32, as the eager network
+        dp = (d + D // 2) % D
+        sign = tl.where(d < D // 2, -1.0, 1.0)
+        ang = pos.to(tl.float32) * tl.load(INV_FREQ + d % (D // 2))
+        cos = tl.cos(ang) * rope_scaling
+        sin = tl.sin(ang) * rope_scaling
+        qp = tl.load(QKV + qoff + dp[None, :], mask=rmask[:, None], other=0.0).to(tl.float32)
+        q = (q.to(tl.float32) * cos[None, :] + sign[None, :] * qp * sin[None, :]).to(dtype)
+        kp = tl.load(QKV + H * D + g * D + dp).to(tl.float32)
+        kn = (kn.to(tl.float32) * cos + sign * kp * sin).to(dtype)
+    start = sp * SPLIT
+    base = g.to(tl.int64) * S * D
+    if (pos >= start) & (pos < start + SPLIT):  # this split holds the new token: store it
+        tl.store(KC + base + pos * D + d, kn)
+        tl.store(VC + base + pos * D + d, vn)
+    lo = start
+    if HAS_WINDOW:
+        lo = tl.maximum(lo, pos - WINDOW + 1)
+    hi = tl.minimum(start + SPLIT, pos + 1)
+    m_i = tl.full([RP], float("-inf"), tl.float32)
+    l_i = tl.zeros([RP], tl.float32)
+    acc = tl.zeros([RP, D], tl.float32)
+    for n0 in range(lo, hi, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        valid = n < hi
+        k = tl.load(KC + base + n[:, None] * D + d[None, :], mask=valid[:, None], other=0.0)
+        v = tl.load(VC + base + n[:, None] * D + d[None, :], mask=valid[:, None], other=0.0)
+        new = (n == pos)[:, None]  # our own store may not be visible yet: use the registers
+        k = tl.where(new, kn[None, :], k)
+        v = tl.where(new, vn[None, :], v)
+        if IEEE:  # float32 models: exact products (tl.dot would use TF32)
+            s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale  # (RP, BLOCK_N)
+        else:
+            s = tl.dot(q, tl.trans(k)) * scale
+        s = tl.where(valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if IEEE:  # noqa: SIM108 (a constexpr branch, kept as Triton writes it)
+            pv = tl.dot(p.to(dtype), v, input_precision="ieee")
+        else:
+            pv = tl.dot(p.to(dtype), v)
+        acc = acc * alpha[:, None] + pv
+        m_i = m_new
+    out = (g * NSPLIT + sp) * RP + r
+    tl.store(MO + out, m_i)
+    tl.store(LO + out, l_i)
+    tl.store(AO + out[:, None] * D + d[None, :], acc)
+
+
+@triton.jit
+def _attn_combine_kernel(
+    MO,
+    LO,
+    AO,
+    OUT,
+    NSPLIT,
+    REP: tl.constexpr,
+    RP: tl.constexpr,
+    D: tl.constexpr,
+    MAXS: tl.constexpr,
+):
+    h = tl.program_id(0)
+    g = h // REP
+    r = h % REP
+    c = tl.arange(0, MAXS)
+    cmask = c < NSPLIT
+    idx = (g * NSPLIT + c) * RP + r
+    m = tl.load(MO + idx, mask=cmask, other=float("-inf"))
+    l_ = tl.load(LO + idx, mask=cmask, other=0.0)
+    w = tl.exp(m - tl.max(m, 0))  # splits with no keys have m = -inf: weight 0
+    w = tl.where(cmask & (l_ > 0), w, 0.0)
+    d = tl.arange(0, D)
+    a = tl.load(AO + idx[:, None] * D + d[None, :], mask=cmask[:, None], other=0.0)
+    y = tl.sum(w[:, None] * a, 0) / tl.sum(w * l_, 0)
+    tl.store(OUT + h * D + d, y.to(OUT.dtype.element_ty))
+
+
+class DecodeAttention:
+    """Scratch space and launch parameters for one model's decode attention."""
+
+    def __init__(self, n_heads: int, n_kv: int, head_dim: int, device: torch.device) -> None:
+        self.h, self.kv, self.d = n_heads, n_kv, head_dim
+        self.rep = n_heads // n_kv
+        self.rp = max(16, triton.next_power_of_2(self.rep))  # tl.dot needs 16 rows
+        self.m = torch.empty(n_kv * MAX_SPLITS * self.rp, device=device, dtype=torch.float32)
+        self.l = torch.empty_like(self.m)
+        self.acc = torch.empty(n_kv * MAX_SPLITS * self.rp * head_dim, device=device)
+
+    @staticmethod
+    def supports(head_dim: int) -> bool:
+        return head_dim >= 16 and head_dim & (head_dim - 1) == 0 and head_dim <= 256
+
+    def __call__(
+        self,
+        qkv: torch.Tensor,  # (H*D + 2*KV*D,) raw projection (RoPE applied here)
+        k_cache: torch.Tensor,  # (1, KV, S, D)
+        v_cache: torch.Tensor,
+        pos: torch.Tensor,  # (1,) int64 device
+        inv_freq: torch.Tensor,  # (D/2,) float32
+        *,
+        use_rope: bool,
+        window: int | None,
+        rope_scaling: float = 1.0,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        s = k_cache.shape[2]
+        n_splits = max(16, min(MAX_SPLITS, s // ATTN_BLOCK_N))
+        split = triton.cdiv(s, n_splits)
+        if out is None:
+            out = torch.empty(self.h * self.d, device=qkv.device, dtype=qkv.dtype)
+        _attn_split_kernel[(self.kv, n_splits)](
+            qkv,
+            k_cache,
+            v_cache,
+            pos,
+            inv_freq,
+            self.m,
+            self.l,
+            self.acc,
+            s,
+            split,
+            n_splits,
+            window or 0,
+            1.0 / math.sqrt(self.d),
+            rope_scaling,
+            H=self.h,
+            KV=self.kv,
+            REP=self.rep,
+            RP=self.rp,
+            D=self.d,
+            BLOCK_N=ATTN_BLOCK_N,
+            USE_ROPE=use_rope,
+            HAS_WINDOW=window is not None,
+            IEEE=qkv.dtype == torch.float32,
+            num_warps=4,
+        )
+        _attn_combine_kernel[(self.h,)](
+            self.m,
+            self.l,
+            self.acc,
+            out,
+            n_splits,
+            REP=self.rep,
+            RP=self.rp,
+            D=self.d,
+            MAXS=MAX_SPLITS,
+            num_warps=4,
+        )
+        return out
+
+
+def timed(fn, reps: int = 50) -> float:
+    """Mean seconds per call (CUDA events)."""
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / reps
