@@ -198,7 +198,7 @@ def chat(
         hint = f"--{name.replace('_', '-')}" if name else None
         raise typer.BadParameter(str(error), param_hint=hint) from None
     if prompt == "-":
-        prompt = sys.stdin.read().removesuffix("\n").removesuffix("\r")
+        prompt = read_stdin().removesuffix("\n").removesuffix("\r")
     config = RunConfig(
         model=model,
         device=device,
@@ -218,6 +218,26 @@ def chat(
         debug=debug,
     )
     raise typer.Exit(run(config))
+
+
+def read_stdin() -> str:
+    """All of stdin as text: UTF-8, undecodable bytes replaced by U+FFFD (with a warning)."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # a text-only stream: it may still carry escaped bytes (surrogates)
+        from smolchat.chat.text import valid_text
+
+        return valid_text(sys.stdin.read())
+    raw = buffer.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        text = raw.decode("utf-8", errors="replace")
+        print(
+            f"smolchat: warning: stdin is not valid UTF-8 (byte {error.start}); "
+            "undecodable bytes were replaced by \ufffd",
+            file=sys.stderr,
+        )
+    return text.removeprefix("\ufeff")
 
 
 def run(config: RunConfig) -> int:
@@ -295,12 +315,16 @@ def one_shot(config: RunConfig) -> int:
     """``-p``: the answer alone on stdout (reasoning on stderr with --show-reasoning)."""
     from rich.console import Console
 
+    from smolchat.chat.text import printable
     from smolchat.plain import consume, load_with_progress
 
     assert config.prompt is not None
     if not config.prompt.strip():
         raise SmolchatError("the prompt is empty: give text with -p, or pipe it with -p -")
     err = Console(stderr=True)
+    # to a terminal, control characters are shown, not obeyed; to a pipe, the text is exact
+    out_filter = printable if sys.stdout.isatty() else str
+    err_filter = printable if sys.stderr.isatty() else str
     engine = load_with_progress(lambda progress: load_engine(config, progress), err)
     # one-shot answers are not autosaved unless a transcripts folder is given
     session = make_session(engine, config, store=config.transcripts is not None)
@@ -310,12 +334,12 @@ def one_shot(config: RunConfig) -> int:
         if not started["answer"]:
             text = text.lstrip()
             started["answer"] = bool(text)
-        sys.stdout.write(text)
+        sys.stdout.write(out_filter(text))
         sys.stdout.flush()
 
     def on_reasoning(text: str) -> None:
         if config.show_reasoning:
-            sys.stderr.write(text)
+            sys.stderr.write(err_filter(text))
             sys.stderr.flush()
 
     finished, interrupted = consume(session.send(config.prompt), session, on_reasoning, on_answer)
@@ -338,6 +362,8 @@ def plain_repl(config: RunConfig) -> int:
     from smolchat.plain import PlainChat, load_with_progress
 
     console = Console(highlight=False)
+    if getattr(sys.stdin, "errors", None) == "strict" and hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="replace")  # a bad byte typed or piped must not end the REPL
     engine = load_with_progress(lambda progress: load_engine(config, progress), console)
     session = make_session(engine, config)
     if config.resume:

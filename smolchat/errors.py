@@ -32,7 +32,15 @@ class TemplateError(SmolchatError):
 
 
 class ContextOverflowError(SmolchatError):
-    """A turn would not fit in the model's context window."""
+    """A turn would not fit in the model's context window.
+
+    ``drop``: how many of the oldest exchanges to drop for the turn to fit (what ``/drop N``
+    would do), or None when dropping earlier turns cannot help (or nobody worked it out).
+    """
+
+    def __init__(self, message: str, *, drop: int | None = None) -> None:
+        super().__init__(message)
+        self.drop = drop
 
 
 class CommandError(SmolchatError):

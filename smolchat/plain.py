@@ -19,6 +19,7 @@ from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progres
 from rich.text import Text
 
 from smolchat.chat.events import AnswerDelta, ChatEvent, ReasoningDelta, TurnFinished
+from smolchat.chat.text import printable
 from smolchat.engine.types import GenerationStats
 from smolchat.errors import SmolchatError
 
@@ -150,7 +151,10 @@ class PlainChat:
                 if not self.handle(line.strip()):
                     return 0
             except SmolchatError as error:
-                self.console.print(Text(f"error: {error}", style="red"))
+                self.console.print(Text(printable(f"error: {error}"), style="red"))
+            except Exception as error:  # a bug must not end the conversation (it is autosaved)
+                detail = " ".join(f"{type(error).__name__}: {error}".split())
+                self.console.print(Text(printable(f"internal error: {detail}"), style="red"))
 
     def handle(self, line: str) -> bool:
         """Send a message or run a command; False when the REPL should end."""
@@ -173,7 +177,7 @@ class PlainChat:
         elif result.action == "theme":
             self.console.print(Text("themes apply to the TUI only", style="dim"))
         elif result.message:
-            self.console.print(Markdown(result.message))
+            self.console.print(Markdown(printable(result.message)))
         return True
 
     def answer(self, stream: Iterator[ChatEvent]) -> None:
@@ -186,7 +190,7 @@ class PlainChat:
                 if not state["reasoning"]:
                     text = text.lstrip()
                 state["reasoning"] = True
-                out.print(Text(text, style="dim italic"), end="", soft_wrap=True)
+                out.print(Text(printable(text), style="dim italic"), end="", soft_wrap=True)
 
         def on_answer(text: str) -> None:
             if not state["answer"]:
@@ -196,7 +200,7 @@ class PlainChat:
                 if state["reasoning"]:
                     out.print("\n")
             state["answer"] = True
-            out.print(Text(text), end="", soft_wrap=True)
+            out.print(Text(printable(text)), end="", soft_wrap=True)
 
         started = time.monotonic()
         finished, _ = consume(stream, self.session, on_reasoning, on_answer)
@@ -205,7 +209,7 @@ class PlainChat:
             out.print(Text("error: the reply ended unexpectedly", style="red"))
             return
         if finished.error:
-            out.print(Text(f"error: {finished.error}", style="red"))
+            out.print(Text(printable(f"error: {finished.error}"), style="red"))
         line = stats_line(finished.stats, finished.finish_reason)
         if not line:
             line = f"{time.monotonic() - started:.1f}s"

@@ -31,6 +31,7 @@ from typing import Any
 from smolchat.chat.events import ChatEvent
 from smolchat.chat.session import MIN_REPLY_ROOM, ChatSession
 from smolchat.chat.settings import MAX_NEW_TOKENS_CAP, SAMPLING_NAMES
+from smolchat.chat.text import valid_text
 from smolchat.engine.types import SamplingParams
 from smolchat.errors import CommandError, SamplingError
 
@@ -311,12 +312,18 @@ def _cmd_help(session: ChatSession, args: str) -> CommandResult:
             text += "\n\n" + _settings_table(session)
         return CommandResult(text)
     rows = ["| command | what it does |", "|---|---|"]
-    rows += [f"| `{c.usage}` | {c.help} |" for c in COMMANDS.values()]
+    # a "|" inside a table cell ends the cell, even inside a code span: escape it
+    rows += [f"| `{_cell(c.usage)}` | {_cell(c.help)} |" for c in COMMANDS.values()]
     rows.append("")
     rows.append(
         "End a message with `/think` or `/no_think` to set the thinking mode for that message only."
     )
     return CommandResult("\n".join(rows))
+
+
+def _cell(text: str) -> str:
+    """``text`` safe inside a Markdown table cell."""
+    return text.replace("|", "\\|")
 
 
 def _thinking_note(session: ChatSession) -> str:
@@ -341,6 +348,7 @@ def _cmd_system(session: ChatSession, args: str) -> CommandResult:
     if args in ("--clear", "--reset", "--default"):
         session.set_system(None)
         return CommandResult("System prompt cleared (the model's default applies).")
+    args = valid_text(args)
     tokens = len(session.engine.tokenizer.encode(args))
     room = session.context_limit() - MIN_REPLY_ROOM
     if tokens > room:

@@ -22,6 +22,7 @@ from smolchat.chat.events import ChatEvent, TurnFinished
 from smolchat.chat.reasoning import ReasoningParser
 from smolchat.chat.settings import ChatSettings, sampling_from_defaults
 from smolchat.chat.template import pinned_time
+from smolchat.chat.text import valid_text
 from smolchat.chat.thinking import (
     THINK_START,
     effective_thinking,
@@ -305,7 +306,8 @@ class ChatSession:
             plural = "s" if best > 1 else ""
             raise ContextOverflowError(
                 f"{head}: drop the {best} oldest exchange{plural} with /drop {best} "
-                "(the system prompt stays) or start over with /clear"
+                "(the system prompt stays) or start over with /clear",
+                drop=best,
             )
         raise ContextOverflowError(
             f"{head}, even with all earlier turns dropped: shorten the message"
@@ -333,6 +335,7 @@ class ChatSession:
         Raises ContextOverflowError (before generating) if the turn cannot fit.
         """
         self._require_idle()
+        text = valid_text(text)  # e.g. undecodable stdin bytes: lone surrogates
         clean, thinking = resolve_thinking(text, self.settings.thinking)
         if not clean.strip():
             raise SmolchatError("the message is empty: type something to send")
@@ -528,7 +531,7 @@ class ChatSession:
     def set_system(self, text: str | None) -> None:
         """Set the system prompt (None or blank: the model's default)."""
         self._require_idle()
-        self.system_prompt = _normalize_system(text)
+        self.system_prompt = _normalize_system(None if text is None else valid_text(text))
         self._version += 1
         if self.messages:
             self.autosave()

@@ -27,6 +27,7 @@ from typing import Any
 import tokenizers
 
 from smolchat.chat.template import render_chat_template
+from smolchat.chat.text import valid_text
 from smolchat.chat.thinking import TrustedText
 from smolchat.errors import ModelLoadError
 
@@ -155,7 +156,7 @@ class Tokenizer:
     # ----- plain encoding / decoding -------------------------------------------------------
     def encode(self, text: str) -> list[int]:
         """Token ids for ``text``; no BOS/EOS is added, special-token strings are parsed."""
-        return self._tok.encode(text, add_special_tokens=False).ids
+        return self._tok.encode(valid_text(text), add_special_tokens=False).ids
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         """Text for ``ids`` (special tokens kept as their text unless skipped)."""
@@ -205,7 +206,7 @@ class Tokenizer:
             k: (v if k == "chat_template" else _mark(v, control_re))
             for k, v in template_kwargs.items()
         }
-        text = self._render(marked_messages, add_generation_prompt, marked_kwargs)
+        text = valid_text(self._render(marked_messages, add_generation_prompt, marked_kwargs))
         if _MARK_START not in text and _MARK_END not in text:
             return self.encode(text)
         return self._encode_marked(text, pieces_re)

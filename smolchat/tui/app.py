@@ -170,7 +170,12 @@ class SmolchatApp(App[None]):
                 self.notify(f"Resumed {self.options.resume}", markup=False)
             except SmolchatError as error:
                 self.notify(str(error), severity="error", markup=False)
-        await self.switch_screen(ChatScreen(session, show_reasoning=self.options.show_reasoning))
+        loading = self.screen if isinstance(self.screen, LoadingScreen) else None
+        chat = ChatScreen(session, show_reasoning=self.options.show_reasoning)
+        if loading is not None and loading.typed:  # type-ahead goes to the prompt
+            chat.draft = loading.typed
+            chat.send_draft = loading.send_when_ready
+        await self.switch_screen(chat)
         for notice in self.options.notices:
             self.notify(notice, severity="warning", markup=False)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -65,16 +64,19 @@ class ChatScreen(Screen[None]):
     class TurnFailed(Message):
         """The turn raised before or while streaming; ``message`` is one line."""
 
-        def __init__(self, message: str, *, overflow: bool = False) -> None:
+        def __init__(self, message: str, *, overflow: bool = False, drop: int = 0) -> None:
             super().__init__()
             self.message = message
             self.overflow = overflow
+            self.drop = drop  # after an overflow: the oldest exchanges to drop (0: none helps)
 
     def __init__(self, session: ChatSession, *, show_reasoning: bool = False) -> None:
         super().__init__()
         self.session = session
         self.show_reasoning = show_reasoning
         self.turn: Turn | None = None  # the turn being generated
+        self.draft = ""  # text for the prompt at start (typed while the model loaded)
+        self.send_draft = False  # and send it at once
         # back-pressure: the worker posts the next chunk only after the last one was drawn,
         # so a busy UI gets fewer, larger chunks instead of a queue (and leaves CPU to the model)
         self._drawn = threading.Event()
@@ -96,6 +98,11 @@ class ChatScreen(Screen[None]):
         self.conversation.anchor()
         await self.rebuild()
         self.prompt.focus()
+        if self.draft:
+            self.prompt.load_text(self.draft)
+            self.prompt.move_cursor(self.prompt.document.end)
+            if self.send_draft:
+                self.prompt.submit()
 
     @property
     def generating(self) -> bool:
@@ -261,7 +268,7 @@ class ChatScreen(Screen[None]):
                     last_post = now
             self.post_message(self.TurnFailed("the reply ended without finishing"))
         except ContextOverflowError as error:
-            self.post_message(self.TurnFailed(str(error), overflow=True))
+            self.post_message(self.TurnFailed(str(error), overflow=True, drop=error.drop or 0))
         except SmolchatError as error:
             self.post_message(self.TurnFailed(str(error)))
         except Exception as error:  # never crash the UI; the log keeps the traceback
@@ -308,7 +315,7 @@ class ChatScreen(Screen[None]):
                 await widget.remove()
             if turn.user_text is not None:
                 self.prompt.load_text(turn.user_text)
-            drop = _drop_hint(message.message)
+            drop = message.drop
             if drop and turn.user_text is not None:
                 question = f"{message.message}\n\nDrop the {drop} oldest exchange(s) and send?"
                 self.app.push_screen(
@@ -396,12 +403,6 @@ class Turn:
     def __post_init__(self) -> None:
         user = [] if self.user_text is None else [UserMessage(self.user_text)]
         self.widgets = [*user, self.reply]
-
-
-def _drop_hint(message: str) -> int:
-    """N from the "/drop N" a context-overflow message suggests (0 if it suggests none)."""
-    match = re.search(r"/drop (\d+)", message)
-    return int(match.group(1)) if match else 0
 
 
 def _usage_line(command: Any) -> str:

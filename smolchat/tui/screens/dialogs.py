@@ -10,6 +10,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Markdown, Static
 
 from smolchat.chat.commands import COMMANDS
+from smolchat.chat.text import printable
 
 KEYS_HELP = """\
 | Key | Does |
@@ -64,7 +65,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm-box"):
-            yield Static(self.question, markup=False, id="confirm-question")
+            yield Static(printable(self.question), markup=False, id="confirm-question")
             with Horizontal(id="confirm-buttons"):
                 yield Button(self.yes_label, variant="primary", id="yes")
                 yield Button(self.no_label, id="no")

@@ -1,15 +1,22 @@
-"""The loading screen: which model, where and how, and real progress of download and weights."""
+"""The loading screen: which model, where and how, and real progress of download and weights.
+
+What the user types meanwhile is kept (type-ahead): it is shown under the progress bar and
+handed to the chat screen's prompt; Enter marks it to be sent as soon as the model is ready.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.containers import Center, Vertical
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Label, ProgressBar, Static
+
+from smolchat.chat.text import printable
+from smolchat.tui.widgets.prompt import NEWLINE_KEYS
 
 STAGES = {"download": "Downloading", "weights": "Loading weights"}
 
@@ -42,6 +49,8 @@ class LoadingScreen(Screen[None]):
         self.device = device
         self.dtype = dtype
         self.quantize = quantize
+        self.typed = ""  # type-ahead: what the user typed while the model loads
+        self.send_when_ready = False  # Enter was pressed: send ``typed`` once loaded
 
     def compose(self) -> ComposeResult:
         with Center(), Vertical(id="loading-box"):
@@ -55,6 +64,42 @@ class LoadingScreen(Screen[None]):
             yield Static(self._placement_text(), id="loading-placement", markup=False)
             yield Static("Starting…", id="loading-stage", markup=False)
             yield ProgressBar(total=None, show_eta=False, id="loading-bar")
+            yield Static("", id="loading-typed", markup=False)
+
+    def on_mount(self) -> None:
+        self.query_one("#loading-typed", Static).display = False
+
+    # ---- type-ahead -------------------------------------------------------------------
+    def on_key(self, event: events.Key) -> None:
+        key = event.key
+        if key == "enter":
+            self.send_when_ready = bool(self.typed.strip())
+        elif key in NEWLINE_KEYS:
+            self.typed += "\n"
+        elif key == "backspace":
+            self.typed = self.typed[:-1]
+            self.send_when_ready = False
+        elif event.is_printable and event.character:
+            self.typed += event.character
+            self.send_when_ready = False
+        else:
+            return
+        event.stop()
+        self._show_typed()
+
+    def on_paste(self, event: events.Paste) -> None:
+        self.typed += event.text
+        self.send_when_ready = False
+        event.stop()
+        self._show_typed()
+
+    def _show_typed(self) -> None:
+        typed = self.query_one("#loading-typed", Static)
+        typed.display = bool(self.typed)
+        lines = self.typed.split("\n")
+        shown = lines[-1][-200:] if len(lines) == 1 else f"… {lines[-1][-200:]}"
+        when = "sends when the model is ready" if self.send_when_ready else "Enter: send when ready"
+        typed.update(printable(f"› {shown}  ({when})"))
 
     def _placement_text(self) -> str:
         quant = self.quantize or "none"

@@ -8,6 +8,7 @@ from textual.containers import Vertical
 from textual.widgets import Collapsible, Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
+from smolchat.chat.text import printable
 from smolchat.engine.types import GenerationStats
 
 THINKING_TITLE = "Thinking…"
@@ -15,17 +16,17 @@ REASONING_TITLE = "Reasoning"
 
 
 class UserMessage(Static):
-    """What the user sent (shown verbatim, never as markup)."""
+    """What the user sent (shown verbatim, never as markup; control characters made visible)."""
 
     def __init__(self, text: str) -> None:
-        super().__init__(text, markup=False, classes="message")
+        super().__init__(printable(text), markup=False, classes="message")
 
 
 class NoteMessage(Markdown):
     """Output of a slash command (``/stats``, ``/set``, ...), rendered as Markdown."""
 
     def __init__(self, text: str) -> None:
-        super().__init__(text, classes="message")
+        super().__init__(printable(text), classes="message")
 
 
 class AssistantMessage(Vertical):
@@ -64,7 +65,7 @@ class AssistantMessage(Vertical):
         self.reasoning_text += text
         box = self.query_one(".reasoning", Collapsible)
         box.display = True
-        box.query_one(".reasoning-text", Static).update(self.reasoning_text.strip("\n"))
+        box.query_one(".reasoning-text", Static).update(printable(self.reasoning_text.strip("\n")))
 
     async def add_answer(self, text: str) -> None:
         """Append streamed answer text (the first piece collapses the reasoning)."""
@@ -75,7 +76,7 @@ class AssistantMessage(Vertical):
         self.answer_text += text
         if self._stream is None:
             self._stream = Markdown.get_stream(self.answer)
-        await self._stream.write(text)
+        await self._stream.write(printable(text))
 
     async def finish(
         self,
@@ -97,7 +98,7 @@ class AssistantMessage(Vertical):
         box.display = bool(reasoning.strip())
         self._end_thinking()
         self.answer_text = answer
-        await self.answer.update(answer)
+        await self.answer.update(printable(answer))
         footer = self.query_one(".footer", Static)
         footer.update(_footer_text(finish_reason, stats, error))
         footer.display = True

@@ -52,7 +52,7 @@ class PromptInput(TextArea):
         key = event.key
         handled = True
         if key == "enter":
-            self._submit()
+            self.submit()
         elif key in NEWLINE_KEYS:
             self.insert("\n")
         elif key == "up" and self.cursor_at_first_line and self.past_prompts:
@@ -69,7 +69,8 @@ class PromptInput(TextArea):
         else:
             await super()._on_key(event)
 
-    def _submit(self) -> None:
+    def submit(self) -> None:
+        """Send the prompt's text (as Enter does); an empty prompt sends nothing."""
         text = self.text.strip()
         if not text:
             return
