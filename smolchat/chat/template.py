@@ -155,8 +155,10 @@ def compile_template(template: str) -> jinja2.Template:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
+    """The error on one line, at most 300 characters, without a final period (callers add
+    their own punctuation)."""
+    text = " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
+    return text if len(text) <= 300 else text[:299] + "…"
 
 
 def _plain(value: Any) -> Any:

@@ -66,7 +66,7 @@ def download(repo_id: str, revision: str | None, progress: Progress | None) -> P
     if progress is not None:
         kwargs["tqdm_class"] = _progress_tqdm(progress)
     try:
-        return Path(huggingface_hub.snapshot_download(repo_id, **kwargs))
+        path = Path(huggingface_hub.snapshot_download(repo_id, **kwargs))
     except (hf_errors.RepositoryNotFoundError, hf_errors.GatedRepoError) as exc:
         raise ModelLoadError(
             f"hub repo {repo_id} not found or not accessible ({type(exc).__name__}); check the "
@@ -76,15 +76,51 @@ def download(repo_id: str, revision: str | None, progress: Progress | None) -> P
         raise ModelLoadError(f"revision {revision!r} not found in {repo_id}") from None
     except Exception as exc:  # network down, hub unreachable, offline mode without cache
         try:
-            return Path(huggingface_hub.snapshot_download(repo_id, local_files_only=True, **kwargs))
+            path = Path(huggingface_hub.snapshot_download(repo_id, local_files_only=True, **kwargs))
         except Exception:
             pass
+        else:
+            _check_complete(repo_id, path)
+            return path
+        if huggingface_hub.constants.HF_HUB_OFFLINE:
+            why = "offline mode is on (HF_HUB_OFFLINE)"
+        else:
+            why = f"the hub is unreachable ({type(exc).__name__})"
         raise ModelLoadError(
-            f"cannot download {repo_id}: the hub is unreachable ({type(exc).__name__}) and it "
-            f"is not in the local cache{_suggest(repo_id)}; run `hf download "
-            f"{repo_id}` where the hub is reachable (or copy the folder here and pass its path), "
-            "then use HF_HUB_OFFLINE=1"
+            f"cannot download {repo_id}: {why} and it is not in the local cache"
+            f"{_suggest(repo_id)}; run `hf download {repo_id}` where the hub is reachable (or "
+            "copy the folder here and pass its path), then use HF_HUB_OFFLINE=1"
         ) from None
+    _check_complete(repo_id, path)  # offline, the cache may hold a half-finished download
+    return path
+
+
+def _check_complete(repo_id: str, snapshot: Path) -> None:
+    """Refuse a cached snapshot that an interrupted download left without files it needs."""
+    partial = list((snapshot.parent.parent / "blobs").glob("*.incomplete"))
+    if not partial or _has_model_files(snapshot):
+        return
+    raise ModelLoadError(
+        f"the download of {repo_id} was interrupted ({len(partial)} partial file(s) in the "
+        "cache) and the hub cannot be reached now; run smolchat again where the hub is "
+        f"reachable (the download resumes where it stopped), or `hf download {repo_id}`"
+    )
+
+
+def _has_model_files(folder: Path) -> bool:
+    """config.json, tokenizer.json and every weights file (per the shard index) are there."""
+    if not (folder / "config.json").exists() or not (folder / "tokenizer.json").exists():
+        return False
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            import json
+
+            names = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return False
+        return all((folder / name).exists() for name in names)
+    return any(folder.glob("*.safetensors"))
 
 
 def cached_repo_ids() -> list[str]:

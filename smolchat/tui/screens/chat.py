@@ -306,31 +306,26 @@ class ChatScreen(Screen[None]):
 
     @on(TurnFailed)
     async def _on_turn_failed(self, message: TurnFailed) -> None:
+        """The session recorded nothing: take the turn back and give the text back to edit."""
         turn, self.turn = self.turn, None
         if turn is None:
             return
+        for widget in turn.widgets:
+            await widget.remove()
+        if turn.user_text is None:  # /retry: show the reply it was to replace again
+            await self.rebuild()
+        elif not self.prompt.text.strip():
+            self.prompt.load_text(turn.user_text)
+            self.prompt.move_cursor(self.prompt.document.end)
         self.refresh_status()
-        if message.overflow:  # nothing was generated: take the turn back, offer to make room
-            for widget in turn.widgets:
-                await widget.remove()
-            if turn.user_text is not None:
-                self.prompt.load_text(turn.user_text)
-            drop = message.drop
-            if drop and turn.user_text is not None:
-                question = f"{message.message}\n\nDrop the {drop} oldest exchange(s) and send?"
-                self.app.push_screen(
-                    ConfirmScreen(question, yes=f"Drop {drop} and send"),
-                    lambda yes: self._after_overflow(bool(yes), turn, drop),
-                )
-                return
-        else:
-            reply = turn.reply
-            await reply.finish(
-                reply.reasoning_text,
-                reply.answer_text,
-                finish_reason="error",
-                error=message.message,
+        drop = message.drop if message.overflow else 0
+        if drop and turn.user_text is not None:  # offer to make room
+            question = f"{message.message}\n\nDrop the {drop} oldest exchange(s) and send?"
+            self.app.push_screen(
+                ConfirmScreen(question, yes=f"Drop {drop} and send"),
+                lambda yes: self._after_overflow(bool(yes), turn, drop),
             )
+            return
         self.notify(message.message, title="Generation failed", severity="error", markup=False)
 
     async def _after_overflow(self, yes: bool, turn: Turn, drop: int) -> None:
