@@ -310,6 +310,22 @@ def replay_rate(engine: Engine, steps: int = 256) -> float | None:
     return round(steps / (time.perf_counter() - t0), 1)
 
 
+def tuning_table(engine: Engine) -> dict[str, Any]:
+    """Per matvec: chosen kernel config, microseconds per call, achieved GB/s."""
+    fast = engine.fast
+    w = fast.layer_weights[0]
+    mats = {"qkv": w[1][1], "o": w[2][1], "gate_up": w[4][1], "down": w[5][1], "head": fast.head[1]}
+    out = {}
+    for name, (cfg, secs) in fast.tuning.items():
+        nbytes = mats[name].numel() * mats[name].element_size()
+        out[name] = {
+            "config": cfg,
+            "us": round(secs * 1e6, 2),
+            "gb_s": round(nbytes / secs / 1e9, 1) if secs > 0 else None,
+        }
+    return out
+
+
 def profile_step(engine: Engine, path: Path) -> None:
     """CUDA kernel times of the (compiled, not captured) step: where a token's time goes."""
     from torch.profiler import ProfilerActivity, profile
@@ -394,6 +410,9 @@ def phase_ours(res: Results, folder: Path, args) -> None:
     mode = engine.fast.mode if engine.fast else "eager"
     res.put("ours", {"first_compile_capture_s": round(warm, 1), "mode": mode})
     log(f"ours: warmup {warm:.1f}s, mode {engine.fast.mode if engine.fast else 'eager'}")
+    if engine.fast is not None and engine.fast.tuning:
+        res.put("ours", {"matvec_tuning": tuning_table(engine)})
+        log(f"ours: matvecs {res.data['ours']['matvec_tuning']}")
     reset_peak()
     if engine.fast is not None:
         engine.fast.captures.clear()

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from smolchat.engine.fast import ENV_DISABLE, FastDecoder
 from smolchat.engine.types import SamplingParams
 from smolchat.model.cache import MIN_CAPACITY
-from tests.test_cache import GREEDY, ids_of, load_model, make_engine, tokens
+from tests.test_cache import GREEDY, ids_of, load_model, make_engine, realistic, tokens
 from tests.tiny import build_smollm3
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -241,16 +241,23 @@ def test_cuda_greedy_generation_matches_transformers(folder):
 
 @cuda
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
-def test_cuda_bf16_fast_path_agrees_with_eager(folder, sampler):
-    model = load_model(folder, "cuda", torch.bfloat16)
+def test_cuda_bf16_fast_path_agrees_with_eager(folder, sampler, tmp_path):
+    import shutil
+
+    shutil.copytree(folder, tmp_path / "m")
+    model = load_model(realistic(tmp_path / "m"), "cuda", torch.bfloat16)  # trained-like scale
     eager, fast = make_engine(model), make_engine(model, fast=True)
-    eager.fast = None
     prompt = ids_of(MIN_CAPACITY - 5, model.config.vocab_size, 7)
     want = tokens(eager, prompt, 24, SAMPLERS[sampler])
     got = tokens(fast, prompt, 24, SAMPLERS[sampler])
-    # bf16 kernels differ (fused reductions vs cuBLAS): near-ties may flip late tokens
-    same = sum(a == b for a, b in zip(got, want, strict=True))
-    assert got[:4] == want[:4] and same >= 18
+    assert fast.fast.graph is not None and len(got) == 24
+    if sampler != "sampled":  # bf16 kernels differ in rounding: allow rare late flips
+        same = sum(a == b for a, b in zip(got, want, strict=True))
+        assert got[:8] == want[:8] and same >= 20, (got, want)
+    with torch.inference_mode():  # and the next-token logits agree closely
+        expected = model(torch.tensor([prompt + got[:-1]], device="cuda"))[0, -1].float()
+    diff = (fast.fast.logits[0].float() - expected).norm() / expected.norm()
+    assert diff.item() < 0.02
 
 
 @cuda

@@ -24,26 +24,11 @@ from smolchat.model.quant import (
     prequantized_kind,
 )
 from smolchat.model.weights import iter_safetensors, safetensors_files
-from tests.test_cache import GREEDY, ids_of, load_model, make_engine, tokens
+from tests.test_cache import GREEDY, ids_of, load_model, make_engine, realistic, tokens
 from tests.tiny import build_smollm3
 
 bnb = pytest.importorskip("bitsandbytes")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-def realistic(folder: Path, std: float = 0.02) -> Path:
-    """Give the tiny model's matrices a trained model's scale (std 0.02), so 4-bit noise does
-    not compound into chaos across layers (at the builder's std 0.1 it does, for any 4-bit)."""
-    from safetensors.torch import load_file, save_file
-
-    path = folder / "model.safetensors"
-    tensors = load_file(path)
-    g = torch.Generator().manual_seed(0)
-    for name, t in tensors.items():
-        if t.dim() == 2 and "embed" not in name:
-            tensors[name] = torch.randn(t.shape, generator=g) * std
-    save_file(tensors, path, metadata={"format": "pt"})
-    return folder
 
 
 @pytest.fixture(scope="module")

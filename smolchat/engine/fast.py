@@ -276,6 +276,7 @@ class FastDecoder:
         self._pool = None
         self.failed: str | None = None
         self._tuned = False
+        self.tuning: dict[str, tuple] = {}  # matvec -> (config, seconds) on this GPU
         self.captures: list[tuple[int, float]] = []  # (bucket capacity, seconds) per capture
         self._bind()
 
@@ -318,7 +319,7 @@ class FastDecoder:
         return logits
 
     def _body_triton(self) -> torch.Tensor:
-        from smolchat.engine.kernels import gemv
+        from smolchat.engine.kernels import argmax, gemv
 
         eps, inv_freq = self.eps, self.model.rotary.inv_freq
         x = F.embedding(self.tok, self.model.model.embed_tokens.weight)[0]  # (C,), updated in place
@@ -339,25 +340,29 @@ class FastDecoder:
             a = gemv(x, gu_spec[1], norm=ln2, eps=eps, gated=True)
             gemv(a, down_spec[1], res=x, out=x)
         logits = gemv(x, self.head[1], norm=self.model.model.norm.weight, eps=eps)
-        self.tok.copy_(logits.argmax().view(1))
+        argmax(logits, self.tok)
         self.pos.add_(1)
         return logits.view(1, -1)
 
     def _tune(self) -> None:
-        """Pick each matvec's block sizes on this GPU (once per shape per process)."""
+        """Pick each matvec's kernel config on this GPU (once per shape per process)."""
         from smolchat.engine.kernels import tune_gemv
 
-        ln1, qkv_spec, o_spec, ln2, gu_spec, down_spec = self.layer_weights[0]
-        c = ln1.shape[0]
-        x = torch.randn(c, device=self.device, dtype=ln1.dtype)
-        tune_gemv(x, qkv_spec[1], norm=ln1)
-        tune_gemv(
-            torch.randn(o_spec[1].shape[1], device=self.device, dtype=x.dtype), o_spec[1], res=x
-        )
-        tune_gemv(x, gu_spec[1], norm=ln2, gated=True)
-        a = torch.randn(down_spec[1].shape[1], device=self.device, dtype=x.dtype)
-        tune_gemv(a, down_spec[1], res=x)
-        tune_gemv(x, self.head[1], norm=ln1)
+        w = list(zip(*self.layer_weights, strict=True))  # per slot: that slot of every layer
+        ln1, ln2 = w[0][0], w[3][0]
+        dt, dev = ln1.dtype, self.device
+        x = torch.randn(ln1.shape[0], device=dev, dtype=dt)
+        mats = {name: [spec[1] for spec in w[i]] for name, i in (("qkv", 1), ("o", 2))}
+        mats.update({name: [spec[1] for spec in w[i]] for name, i in (("gu", 4), ("down", 5))})
+        y = torch.randn(mats["o"][0].shape[1], device=dev, dtype=dt)
+        a = torch.randn(mats["down"][0].shape[1], device=dev, dtype=dt)
+        self.tuning = {
+            "qkv": tune_gemv(x, mats["qkv"], norm=ln1),
+            "o": tune_gemv(y, mats["o"], res=x),
+            "gate_up": tune_gemv(x, mats["gu"], norm=ln2, gated=True),
+            "down": tune_gemv(a, mats["down"], res=x),
+            "head": tune_gemv(x, [self.head[1]], norm=ln1),
+        }
 
     @torch.inference_mode()  # the same grad mode whoever calls: no recompiles
     def _capture(self) -> None:
