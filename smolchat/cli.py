@@ -17,7 +17,7 @@ import typer
 
 from smolchat import __version__
 from smolchat.engine.types import SamplingParams
-from smolchat.errors import SamplingError, SmolchatError
+from smolchat.errors import SamplingError, SmolchatError, is_out_of_memory, out_of_memory_line
 
 if TYPE_CHECKING:
     from smolchat.chat.session import ChatSession
@@ -258,6 +258,9 @@ def run(config: RunConfig) -> int:
     except Exception as error:
         if config.debug:
             traceback.print_exc()
+            return 1
+        if is_out_of_memory(error):  # e.g. the CPU allocator, which torch reports as RuntimeError
+            _error_line(out_of_memory_line(error, "loading or running the model"))
             return 1
         _error_line(
             f"internal error: {type(error).__name__}: {error} (--debug shows the traceback)"

@@ -49,3 +49,21 @@ class CommandError(SmolchatError):
 
 class TranscriptError(SmolchatError):
     """A transcript could not be saved or loaded."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for a device or host allocation failure (torch's OOM errors, MemoryError)."""
+    if isinstance(exc, MemoryError) or "OutOfMemory" in type(exc).__name__:
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        s in text for s in ("out of memory", "not enough memory", "can't allocate memory")
+    )
+
+
+def out_of_memory_line(exc: BaseException, doing: str) -> str:
+    """One line about running out of memory while ``doing`` (e.g. "loading the model")."""
+    return (
+        f"out of memory while {doing} ({type(exc).__name__}); try --quantize nf4 (4-bit "
+        "weights need about a quarter of the memory), a smaller model, or free some memory"
+    )

@@ -16,7 +16,7 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.theme import Theme
 
-from smolchat.errors import SmolchatError
+from smolchat.errors import SmolchatError, is_out_of_memory, out_of_memory_line
 from smolchat.tui.screens.chat import ChatScreen
 from smolchat.tui.screens.loading import LoadingScreen
 from smolchat.tui.themes import DEFAULT_THEME, available_themes, load_theme
@@ -143,7 +143,12 @@ class SmolchatApp(App[None]):
             return
         except Exception as error:
             self.log.error(error)
-            self.post_message(self.LoadFailed(f"internal error: {type(error).__name__}: {error}"))
+            if is_out_of_memory(error):
+                self.post_message(self.LoadFailed(out_of_memory_line(error, "loading the model")))
+            else:
+                self.post_message(
+                    self.LoadFailed(f"internal error: {type(error).__name__}: {error}")
+                )
             return
         self.post_message(self.Loaded(session))
 
