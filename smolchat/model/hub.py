@@ -125,9 +125,10 @@ def _has_model_files(folder: Path) -> bool:
 
 def cached_repo_ids() -> list[str]:
     try:
-        from huggingface_hub import scan_cache_dir
+        from huggingface_hub import constants, scan_cache_dir
 
-        return [r.repo_id for r in scan_cache_dir().repos if r.repo_type == "model"]
+        repos = scan_cache_dir(constants.HF_HUB_CACHE).repos  # the cache downloads go to
+        return [r.repo_id for r in repos if r.repo_type == "model"]
     except Exception:
         return []
 
