@@ -35,6 +35,8 @@ from smolchat.chat.transcript import (
     TranscriptStore,
     is_transcript,
     read_transcript,
+    shown,
+    user_path,
     write_transcript,
 )
 from smolchat.engine.types import GenerationStats
@@ -589,27 +591,33 @@ class ChatSession:
             if self.transcript_path is None:
                 self.transcript_path = self.store.new_path(self.started, self._first_user_text())
             return write_transcript(self.transcript_path, self.to_transcript())
-        target = Path(path).expanduser()
-        if target.is_dir():
-            target = target / f"{self.started:%Y-%m-%d_%H%M%S}_chat.md"
-        elif not target.suffix:
-            target = target.with_suffix(".md")
-        if target.exists() and not is_transcript(target):
+        target = user_path(path)
+        try:
+            if target.is_dir():
+                target = target / f"{self.started:%Y-%m-%d_%H%M%S}_chat.md"
+            elif not target.suffix:
+                target = target.with_suffix(".md")
+            exists = target.exists()
+        except OSError as exc:  # e.g. a name too long for the file system
             raise TranscriptError(
-                f"{target} exists and is not a smolchat transcript; choose another name"
+                f"could not save the transcript to {shown(target)}: {exc.strerror or exc}"
+            ) from None
+        if exists and not is_transcript(target):
+            raise TranscriptError(
+                f"{shown(target)} exists and is not a smolchat transcript; choose another name"
             )
         return write_transcript(target, self.to_transcript())
 
     def load(self, path: Path | str) -> Transcript:
         """Replace history, system prompt and settings with those of a transcript."""
         self._require_idle()
-        path = Path(path).expanduser()
+        path = user_path(path)
         data = read_transcript(path)
         merged = {**self.settings.to_dict(), **data.settings}
         try:
             settings = ChatSettings.from_dict(merged)
         except (ValueError, TypeError) as exc:
-            raise TranscriptError(f"{path} has invalid settings: {exc}") from None
+            raise TranscriptError(f"{shown(path)} has invalid settings: {exc}") from None
         self.settings = settings
         self.system_prompt = _normalize_system(data.system_prompt)
         self.messages = [dict(m) for m in data.messages]

@@ -48,7 +48,9 @@ __all__ = [
     "is_transcript",
     "read_transcript",
     "render_transcript",
+    "shown",
     "slugify",
+    "user_path",
     "write_transcript",
 ]
 
@@ -70,6 +72,29 @@ class Transcript:
     model: str = ""
     created: str = ""  # ISO 8601 with offset: when the conversation started
     extra: dict[str, Any] = field(default_factory=dict)  # other session data (JSON-ready)
+
+
+# --- paths -------------------------------------------------------------------------------
+MAX_SHOWN_PATH = 160
+
+
+def shown(path: Path | str) -> str:
+    """``path`` for a message: one line, a very long one shortened in the middle."""
+    text = " ".join(str(path).split()).encode("utf-8", "replace").decode("utf-8")
+    if len(text) <= MAX_SHOWN_PATH:
+        return text
+    return text[:60] + "…" + text[-(MAX_SHOWN_PATH - 61) :]
+
+
+def user_path(raw: Path | str) -> Path:
+    """A path the user typed, ``~`` expanded; TranscriptError if no file can have it."""
+    text = str(raw)
+    if "\x00" in text:
+        raise TranscriptError("a file path cannot contain a NUL character")
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # ~user of an unknown user, or no home folder
+        raise TranscriptError(f"cannot expand {shown(text)}: unknown user or home folder") from None
 
 
 # --- writing -----------------------------------------------------------------------------
@@ -318,7 +343,7 @@ def write_transcript(path: Path, data: Transcript, *, mode: int | None = None) -
 
     Raises TranscriptError (one line) if the file cannot be written.
     """
-    path = Path(path).expanduser()
+    path = user_path(path)
     try:
         text = render_transcript(data)
     except (TypeError, ValueError) as e:
@@ -328,7 +353,7 @@ def write_transcript(path: Path, data: Transcript, *, mode: int | None = None) -
         atomic_write_text(path, text, mode)
     except OSError as e:
         reason = e.strerror or str(e)
-        raise TranscriptError(f"could not save the transcript to {path}: {reason}") from None
+        raise TranscriptError(f"could not save the transcript to {shown(path)}: {reason}") from None
     return path
 
 
@@ -336,7 +361,7 @@ def write_transcript(path: Path, data: Transcript, *, mode: int | None = None) -
 
 
 def _bad(path: Path, why: str) -> TranscriptError:
-    return TranscriptError(f"{path} is not a valid smolchat transcript: {why}")
+    return TranscriptError(f"{shown(path)} is not a valid smolchat transcript: {why}")
 
 
 def _read_text(path: Path) -> str:
@@ -345,18 +370,18 @@ def _read_text(path: Path) -> str:
             size = os.fstat(f.fileno()).st_size
             if size > MAX_TRANSCRIPT_BYTES:
                 raise TranscriptError(
-                    f"{path} is {size / 2**20:.1f} MB; transcripts over "
+                    f"{shown(path)} is {size / 2**20:.1f} MB; transcripts over "
                     f"{MAX_TRANSCRIPT_BYTES // 2**20} MB are refused (is it really a transcript?)"
                 )
             raw = f.read(MAX_TRANSCRIPT_BYTES + 1)
     except FileNotFoundError:
-        raise TranscriptError(f"no such transcript: {path}") from None
+        raise TranscriptError(f"no such transcript: {shown(path)}") from None
     except IsADirectoryError:
-        raise TranscriptError(f"{path} is a folder, not a transcript file") from None
+        raise TranscriptError(f"{shown(path)} is a folder, not a transcript file") from None
     except OSError as e:
-        raise TranscriptError(f"could not read {path}: {e.strerror or e}") from None
+        raise TranscriptError(f"could not read {shown(path)}: {e.strerror or e}") from None
     if len(raw) > MAX_TRANSCRIPT_BYTES:
-        raise TranscriptError(f"{path} is over {MAX_TRANSCRIPT_BYTES // 2**20} MB; refused")
+        raise TranscriptError(f"{shown(path)} is over {MAX_TRANSCRIPT_BYTES // 2**20} MB; refused")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -369,7 +394,7 @@ def is_transcript(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
             head = f.read(128).decode("utf-8", "replace").removeprefix("\ufeff")
-    except OSError:
+    except (OSError, ValueError):
         return False
     return _FIRST_LINE.match(head) is not None
 
@@ -385,7 +410,7 @@ def _parse_json(path: Path, payload: str | None, line: int) -> Any:
 
 def read_transcript(path: Path) -> Transcript:
     """Load a transcript written by :func:`write_transcript`; TranscriptError if malformed."""
-    path = Path(path).expanduser()
+    path = user_path(path)
     text = _read_text(path)
     head = _FIRST_LINE.match(text)
     if head is None:
@@ -393,7 +418,7 @@ def read_transcript(path: Path) -> Transcript:
     version, nonce = int(head.group(1)), head.group(2)
     if version > FORMAT_VERSION:
         raise TranscriptError(
-            f"{path} was written by a newer smolchat (format v{version}); upgrade smolchat"
+            f"{shown(path)} was written by a newer smolchat (format v{version}); upgrade smolchat"
         )
     if head.group(0).endswith("\r\n"):  # line endings converted by an editor
         text = text.replace("\r\n", "\n")

@@ -192,6 +192,11 @@ class ChatScreen(Screen[None]):
         except SmolchatError as error:
             self.notify(str(error), severity="error", markup=False)
             return
+        except Exception as error:  # a bug must not take the app (and the chat) down
+            self.log.error(error)
+            detail = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+            self.notify(f"internal error: {detail}", severity="error", markup=False)
+            return
         action = result.action
         if action == "exit":
             self.app.exit()
