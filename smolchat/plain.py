@@ -178,7 +178,17 @@ class PlainChat:
             self.console.print(Text("themes apply to the TUI only", style="dim"))
         elif result.message:
             self.console.print(Markdown(printable(result.message)))
+        if result.action == "clear":  # the history changed and was autosaved
+            self._autosave_problem()
         return True
+
+    def _autosave_problem(self) -> None:
+        """Tell the user if the last autosave failed."""
+        problem = self.session.autosave_error
+        if problem:
+            if not problem.lower().startswith("autosave"):
+                problem = f"autosave failed: {problem}"
+            self.console.print(Text(printable(problem), style="yellow"))
 
     def answer(self, stream: Iterator[ChatEvent]) -> None:
         """Stream a reply: reasoning dimmed (if shown), then the answer text as it comes."""
@@ -214,5 +224,4 @@ class PlainChat:
         if not line:
             line = f"{time.monotonic() - started:.1f}s"
         out.print(Text(line, style="dim"))
-        if self.session.autosave_error:
-            out.print(Text(self.session.autosave_error, style="yellow"))
+        self._autosave_problem()

@@ -212,6 +212,13 @@ class ChatScreen(Screen[None]):
             self.notify(f"Reasoning {'shown' if self.show_reasoning else 'hidden'}.", markup=False)
         elif action == "clear":  # the history changed: redraw it
             await self.rebuild()
+            if self.session.autosave_error:
+                self.notify(
+                    self.session.autosave_error,
+                    title="Autosave failed",
+                    severity="error",
+                    markup=False,
+                )
             if name == "undo" and result.arg:  # offer the removed message for editing
                 self.prompt.load_text(result.arg)
                 self.prompt.move_cursor(self.prompt.document.end)
