@@ -132,6 +132,7 @@ def terminal(
     tmux(
         "new-session", "-d", "-s", name, "-x", str(width), "-y", str(height),
         "-c", str(ROOT), *variables, "bash", "--norc", "--noprofile", "-c", script,
+        ";", "set-option", "-t", name, "remain-on-exit", "on",  # the last screen stays readable
     )  # fmt: skip
     try:
         yield Terminal(name)

@@ -18,6 +18,7 @@ from textual.widgets import Label, ProgressBar, Static
 from smolchat.chat.text import printable
 from smolchat.tui.widgets.prompt import NEWLINE_KEYS
 
+TYPED_SHOWN = 48  # characters of type-ahead shown on the loading screen
 STAGES = {"download": "Downloading", "weights": "Loading weights"}
 
 
@@ -96,10 +97,12 @@ class LoadingScreen(Screen[None]):
     def _show_typed(self) -> None:
         typed = self.query_one("#loading-typed", Static)
         typed.display = bool(self.typed)
-        lines = self.typed.split("\n")
-        shown = lines[-1][-200:] if len(lines) == 1 else f"… {lines[-1][-200:]}"
+        last = self.typed.split("\n")[-1]  # the end of what was typed, as the prompt shows it
+        shown = last if len(last) <= TYPED_SHOWN else "…" + last[-TYPED_SHOWN:]
+        if "\n" in self.typed:
+            shown = "… " + shown
         when = "sends when the model is ready" if self.send_when_ready else "Enter: send when ready"
-        typed.update(printable(f"› {shown}  ({when})"))
+        typed.update(printable(f"› {shown}\n  ({when})"))
 
     def _placement_text(self) -> str:
         quant = self.quantize or "none"
