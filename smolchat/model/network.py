@@ -20,7 +20,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _FUSED_RMS_NORM:  # one op: (x.float() * rstd).to(dtype) * weight, like transformers
+        if _FUSED_RMS_NORM and x.is_cuda:  # one kernel; on CPUs the op is slower than these
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
