@@ -8,14 +8,13 @@
   bucket, reading the position from device memory, so one CUDA graph serves every step. It
   applies RoPE to q and the new k itself and writes the new k/v into the cache.
 
-Import needs ``triton`` (shipped with CUDA builds of torch); the tests run the same kernels in
-Triton's CPU interpreter (``TRITON_INTERPRET=1``).
+Import needs ``triton`` (shipped with CUDA builds of torch). ``tests/test_cuda.py`` checks them
+against torch on the GPU; they also run in Triton's CPU interpreter (``TRITON_INTERPRET=1``).
 """
 
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 import triton
@@ -202,7 +201,7 @@ def _time_graph(fn, replays: int = 5) -> float:
         fn()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         fn()
     graph.replay()
     torch.cuda.synchronize()
@@ -434,14 +433,3 @@ class DecodeAttention:
             num_warps=4,
         )
         return out
-
-
-def timed(fn, reps: int = 50) -> float:
-    """Mean seconds per call (CUDA events)."""
-    fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / reps
