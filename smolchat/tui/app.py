@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from textual import on, work
+from textual import on
 from textual.app import App
 from textual.binding import Binding
 from textual.message import Message
@@ -125,11 +125,17 @@ class SmolchatApp(App[None]):
         self.push_screen(screen)
         if self._theme_error:
             self.apply_theme(self._theme_error)  # notifies, listing the themes
-        self.load(screen)
+        # A daemon thread, not a Textual worker: those run in asyncio's executor, which the app
+        # waits for when it ends, so quitting mid-load would hang until the load is done.
+        loader = threading.Thread(target=self.load, args=(screen,), name="smolchat-load")
+        loader.daemon = True
+        loader.start()
 
-    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
     def load(self, screen: LoadingScreen) -> None:
-        """Load the engine and build the session, posting progress to the loading screen."""
+        """Load the engine and build the session, posting progress to the loading screen.
+
+        Runs on its own thread; everything reaches the UI as posted messages.
+        """
         opts = self.options
         try:
             if opts.placement is not None:
