@@ -19,7 +19,11 @@ from smolchat.chat.text import printable
 from smolchat.tui.widgets.prompt import NEWLINE_KEYS
 
 TYPED_SHOWN = 48  # characters of type-ahead shown on the loading screen
-STAGES = {"download": "Downloading", "weights": "Loading weights"}
+STAGES = {
+    "download": "Downloading",
+    "weights": "Loading weights",
+    "compile": "Tuning and capturing the GPU decode step (first use: ~15 s)",
+}
 
 
 class LoadingScreen(Screen[None]):
@@ -118,6 +122,8 @@ class LoadingScreen(Screen[None]):
         label = STAGES.get(message.stage, message.stage.capitalize())
         if message.stage == "download":
             amount = _bytes(message.done) + (f" / {_bytes(message.total)}" if message.total else "")
+        elif message.stage == "compile":
+            amount = ""
         else:
             amount = f"{message.done:,}" + (f" / {message.total:,}" if message.total else "")
             amount += " tensors" if message.stage == "weights" else ""
