@@ -92,6 +92,10 @@ def user_path(raw: Path | str) -> Path:
     if "\x00" in text:
         raise TranscriptError("a file path cannot contain a NUL character")
     try:
+        os.fsencode(text)
+    except UnicodeError:  # e.g. half of a surrogate pair: no file system takes it
+        raise TranscriptError(f"{shown(text)} is not a valid file name; choose another") from None
+    try:
         return Path(text).expanduser()
     except RuntimeError:  # ~user of an unknown user, or no home folder
         raise TranscriptError(f"cannot expand {shown(text)}: unknown user or home folder") from None
