@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,11 @@ def resolve(
 
 
 def download(repo_id: str, revision: str | None, progress: Progress | None) -> Path:
-    """Fetch only the files smolchat needs (resumable); fall back to the local cache offline."""
+    """Fetch only the files smolchat needs; fall back to the local cache offline.
+
+    Files already downloaded are kept; a file cut short is fetched again from its start (the
+    hub library keeps no partial file across runs).
+    """
     import huggingface_hub
     from huggingface_hub import errors as hf_errors
 
@@ -80,8 +85,9 @@ def download(repo_id: str, revision: str | None, progress: Progress | None) -> P
         except Exception:
             pass
         else:
-            _check_complete(repo_id, path)
+            _check_complete(repo_id, path.parent.parent, path)
             return path
+        _check_complete(repo_id, _cache_folder(repo_id), None)  # a download cut short?
         if huggingface_hub.constants.HF_HUB_OFFLINE:
             why = "offline mode is on (HF_HUB_OFFLINE)"
         else:
@@ -91,19 +97,26 @@ def download(repo_id: str, revision: str | None, progress: Progress | None) -> P
             f"{_suggest(repo_id)}; run `hf download {repo_id}` where the hub is reachable (or "
             "copy the folder here and pass its path), then use HF_HUB_OFFLINE=1"
         ) from None
-    _check_complete(repo_id, path)  # offline, the cache may hold a half-finished download
+    _check_complete(repo_id, path.parent.parent, path)  # offline: maybe a half-done download
     return path
 
 
-def _check_complete(repo_id: str, snapshot: Path) -> None:
-    """Refuse a cached snapshot that an interrupted download left without files it needs."""
-    partial = list((snapshot.parent.parent / "blobs").glob("*.incomplete"))
-    if not partial or _has_model_files(snapshot):
+def _cache_folder(repo_id: str) -> Path:
+    """Where the hub library caches ``repo_id`` (it may not exist)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+
+
+def _check_complete(repo_id: str, repo_folder: Path, snapshot: Path | None) -> None:
+    """Refuse a cached repo that an interrupted download left without files it needs."""
+    partial = list((repo_folder / "blobs").glob("*.incomplete"))
+    if not partial or (snapshot is not None and _has_model_files(snapshot)):
         return
     raise ModelLoadError(
         f"the download of {repo_id} was interrupted ({len(partial)} partial file(s) in the "
         "cache) and the hub cannot be reached now; run smolchat again where the hub is "
-        f"reachable (the download resumes where it stopped), or `hf download {repo_id}`"
+        f"reachable to fetch the missing files (finished ones are kept), or `hf download {repo_id}`"
     )
 
 
@@ -134,7 +147,8 @@ def cached_repo_ids() -> list[str]:
 
 
 def _suggest(name: str) -> str:
-    close = difflib.get_close_matches(name, cached_repo_ids(), n=3, cutoff=0.5)
+    others = [r for r in cached_repo_ids() if r != name]
+    close = difflib.get_close_matches(name, others, n=3, cutoff=0.5)
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
@@ -142,12 +156,27 @@ def _progress_tqdm(progress: Progress):
     from huggingface_hub.utils import tqdm as hf_tqdm
 
     class ProgressTqdm(hf_tqdm):
-        """Forwards byte counts of the hub's progress bars to ``progress``."""
+        """Forwards the byte counts of the hub's progress bars to ``progress``; draws nothing.
+
+        Always disabled as a bar (smolchat shows its own progress, and a bar on stderr would
+        scribble over the TUI), so it counts by itself: a disabled tqdm keeps no count.
+        """
+
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True
+            # the bytes written (the library's "transfer" bar counts network bytes besides)
+            name = str(kwargs.get("name") or "")
+            self.counts_bytes = kwargs.get("unit") == "B" and not name.endswith(".transfer")
+            self.done = int(kwargs.get("initial") or 0)
+            self.count_lock = threading.Lock()  # files download on several threads
+            super().__init__(*args, **kwargs)
 
         def update(self, n=1):
-            result = super().update(n)
-            if self.unit == "B":
-                progress("download", int(self.n), int(self.total) if self.total else None)
-            return result
+            with self.count_lock:
+                self.done += int(n or 0)
+                if self.counts_bytes:
+                    total = int(self.total) if self.total else None
+                    progress("download", self.done, total)
+            return super().update(n)
 
     return ProgressTqdm

@@ -127,7 +127,7 @@ def build_cases(tiny: Path, gguf: Path, tmp: Path) -> dict[str, tuple[list[str],
     case(
         "interrupted_download_offline",
         "someone/half-downloaded",
-        ["download of someone/half-downloaded was interrupted", "resume"],
+        ["download of someone/half-downloaded was interrupted", "missing files"],
     )
     return cases
 
