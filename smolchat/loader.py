@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -116,13 +118,8 @@ def load(
 
             tensors = dequantize_checkpoint(tensors, dev, dt)
     net = build_on_meta(cfg)
-    try:
+    with _out_of_memory_is_one_line(source.name, dev, dt):
         load_weights(net, tensors, dev, dt, total=total, progress=progress, linear_hook=hook)
-    except torch.OutOfMemoryError:
-        raise DeviceError(
-            f"out of GPU memory while loading {source.name} in {str(dt).removeprefix('torch.')}; "
-            "try --quantize nf4, or --device cpu"
-        ) from None
     eos = set(cfg.eos_token_ids) | set(gen.eos_token_ids) | set(tokenizer.eos_token_ids)
     engine = Engine(
         net,
@@ -135,5 +132,23 @@ def load(
     if engine.fast is not None:  # compile + capture the CUDA decode step now, not mid-reply
         if progress is not None:
             progress("compile", 0, None)
-        engine.warmup()
+        with _out_of_memory_is_one_line(source.name, dev, dt):
+            engine.warmup()
     return engine
+
+
+@contextmanager
+def _out_of_memory_is_one_line(name: str, dev: torch.device, dt: torch.dtype) -> Iterator[None]:
+    """Turn the allocators' out-of-memory errors (GPU or host) into one DeviceError line."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+        text = str(exc)
+        host = isinstance(exc, MemoryError) or "can't allocate memory" in text
+        if not (host or isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text):
+            raise
+        where = "memory" if host or dev.type == "cpu" else f"{dev.type.upper()} memory"
+        fix = "try --quantize nf4" + (", or --device cpu" if dev.type != "cpu" else "")
+        raise DeviceError(
+            f"out of {where} while loading {name} in {str(dt).removeprefix('torch.')}; {fix}"
+        ) from None

@@ -84,7 +84,10 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{what} not found at {path}") from None
+        raise ConfigError(
+            f"{what} not found at {path}: this folder is not a complete model; download it "
+            "again (e.g. `hf download REPO`) or pass the folder that holds config.json"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{what} at {path} is not valid JSON ({exc}); re-download it") from None
     if not isinstance(data, dict):
