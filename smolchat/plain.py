@@ -112,11 +112,8 @@ def stats_line(stats: GenerationStats | None, finish_reason: str | None) -> str:
         parts.append("stopped")
     elif finish_reason == "length":
         parts.append("cut at max_new_tokens")
-    if stats is not None and stats.generated_tokens:
-        parts.append(f"{stats.generated_tokens} tokens")
-        if stats.decode_tok_s:
-            parts.append(f"{stats.decode_tok_s:.1f} tok/s")
-        parts.append(f"TTFT {stats.ttft_s:.2f}s")
+    if stats is not None:
+        parts += stats.summary()
     return " · ".join(parts)
 
 

@@ -80,6 +80,15 @@ class GenerationStats:
         n = self.generated_tokens - 1
         return n / self.decode_s if n > 0 and self.decode_s > 0 else 0.0
 
+    def summary(self) -> list[str]:
+        """``["42 tokens", "35.0 tok/s", "TTFT 0.12s"]`` (empty when nothing was generated)."""
+        if not self.generated_tokens:
+            return []
+        parts = [f"{self.generated_tokens} tokens"]
+        if self.decode_tok_s:
+            parts.append(f"{self.decode_tok_s:.1f} tok/s")
+        return [*parts, f"TTFT {self.ttft_s:.2f}s"]
+
 
 @dataclass
 class GenerationEvent:

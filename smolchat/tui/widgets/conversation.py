@@ -142,9 +142,6 @@ def _footer_text(
         stats = GenerationStats(
             **{k: v for k, v in stats.items() if k in GenerationStats.__dataclass_fields__}
         )
-    if stats is not None and stats.generated_tokens:
-        parts.append(f"{stats.generated_tokens} tokens")
-        if stats.decode_tok_s:
-            parts.append(f"{stats.decode_tok_s:.1f} tok/s")
-        parts.append(f"TTFT {stats.ttft_s:.2f}s")
+    if stats is not None:
+        parts += stats.summary()
     return " · ".join(parts)
