@@ -114,7 +114,9 @@ async def test_undo_drop_and_clear_redraw_the_conversation() -> None:
         await submit(pilot, "three")
         await command(pilot, "/undo")
         assert users(screen) == ["one", "two"]
-        assert screen.prompt.text == "three"  # offered again for editing
+        assert screen.prompt.text == ""  # typing next must not append to the removed text
+        await pilot.press("up")
+        assert screen.prompt.text == "three"  # ...but it is one keypress away
         screen.prompt.clear()
         await command(pilot, "/drop 1")
         assert users(screen) == ["two"]

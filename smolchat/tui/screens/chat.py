@@ -219,9 +219,11 @@ class ChatScreen(Screen[None]):
                     severity="error",
                     markup=False,
                 )
-            if name == "undo" and result.arg:  # offer the removed message for editing
-                self.prompt.load_text(result.arg)
-                self.prompt.move_cursor(self.prompt.document.end)
+            if name == "undo" and result.arg:
+                # Not put back into the prompt: what the user types next would be appended to
+                # it and sent as one message. Up brings it back.
+                self.prompt.remember(result.arg)
+                self.notify("Removed. Press ↑ to bring the message back.", markup=False)
         if name == "help":  # all commands and keys, or the help of the one asked about
             self.app.push_screen(HelpScreen(result.message if line.split()[1:] else None))
         elif result.message:

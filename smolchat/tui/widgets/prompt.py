@@ -74,12 +74,16 @@ class PromptInput(TextArea):
         text = self.text.strip()
         if not text:
             return
-        if not self.past_prompts or self.past_prompts[-1] != text:
-            self.past_prompts.append(text)
+        self.remember(text)
         self._history_index = None
         self._draft = ""
         self.clear()
         self.post_message(self.Submitted(self, text))
+
+    def remember(self, text: str) -> None:
+        """Put ``text`` last in the history (Up brings it back)."""
+        if not self.past_prompts or self.past_prompts[-1] != text:
+            self.past_prompts.append(text)
 
     def history_back(self) -> None:
         """Show the previous entry of the history (the draft is kept)."""
