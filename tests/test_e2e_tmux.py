@@ -6,12 +6,12 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from tests.reliability.helpers import tmux, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [
@@ -24,18 +24,6 @@ def smolchat_command() -> list[str]:
     """The installed ``smolchat`` script next to this Python, else ``python -m smolchat``."""
     script = Path(sys.executable).parent / "smolchat"
     return [str(script)] if script.exists() else [sys.executable, "-m", "smolchat"]
-
-
-def tmux(*args: str) -> str:
-    return subprocess.run(["tmux", *args], check=True, capture_output=True, text=True).stdout
-
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.25)
 
 
 def test_tui_answers_saves_and_exits(smollm2_gguf: Path, tmp_path: Path) -> None:
