@@ -100,7 +100,11 @@ def test_greedy_tokens_match(pair):
     cfg = mine.config
     ids = prompt(8, cfg.vocab_size, seed=3)
     expected = ref.generate(
-        ids, max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0,
+        ids,
+        max_new_tokens=24,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
         min_new_tokens=24,
     )[0, 8:].tolist()
     cache = KVCache(cfg, torch.device("cpu"), torch.float32, cfg.max_position_embeddings)
