@@ -519,13 +519,16 @@ def phase_nf4(res: Results, folder: Path, args) -> None:
 
 
 def hf_decode(model, ids: list[int], new: int, **kwargs) -> float:
+    return round(hf_decode_rate(model, ids, new, DEVICE, **kwargs), 1)
+
+
+def hf_decode_rate(model, ids: list[int], new: int, device: torch.device, **kwargs) -> float:
+    """transformers' greedy decode tok/s: a streamer stamps the first and the last token."""
     from transformers.generation.streamers import BaseStreamer
 
     class Clock(BaseStreamer):
         def __init__(self) -> None:
-            self.n = 0
-            self.first = 0.0
-            self.last = 0.0
+            self.n, self.first, self.last = 0, 0.0, 0.0
 
         def put(self, value) -> None:
             self.n += 1
@@ -536,7 +539,7 @@ def hf_decode(model, ids: list[int], new: int, **kwargs) -> float:
             self.last = time.perf_counter()
 
     clock = Clock()
-    x = torch.tensor([ids], device=DEVICE)
+    x = torch.tensor([ids], device=device)
     with torch.inference_mode():
         out = model.generate(
             x,
@@ -548,7 +551,7 @@ def hf_decode(model, ids: list[int], new: int, **kwargs) -> float:
             **kwargs,
         )
     assert out.shape[1] == len(ids) + new
-    return round((new - 1) / (clock.last - clock.first), 1)
+    return (new - 1) / (clock.last - clock.first)
 
 
 def hf_load(folder: Path, **kwargs):
@@ -828,31 +831,7 @@ def nf4_bytes(model: torch.nn.Module) -> int:
 
 
 def cpu_hf_decode(model, ids: list[int], new: int) -> float:
-    from transformers.generation.streamers import BaseStreamer
-
-    class Clock(BaseStreamer):
-        def __init__(self) -> None:
-            self.n, self.first, self.last = 0, 0.0, 0.0
-
-        def put(self, value) -> None:
-            self.n += 1
-            if self.n == 2:
-                self.first = time.perf_counter()
-
-        def end(self) -> None:
-            self.last = time.perf_counter()
-
-    clock = Clock()
-    with torch.inference_mode():
-        model.generate(
-            torch.tensor([ids]),
-            max_new_tokens=new,
-            min_new_tokens=new,
-            do_sample=False,
-            streamer=clock,
-            pad_token_id=0,
-        )
-    return (new - 1) / (clock.last - clock.first)
+    return hf_decode_rate(model, ids, new, torch.device("cpu"))
 
 
 # --- report ----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny import FIXTURES, build_smollm3
+from tests.tiny import FIXTURES, build_smollm3, build_tokenizer
 
 GGUF_CACHE = Path.home() / ".cache" / "smolchat-tests"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -18,6 +18,21 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 def tiny_model(tmp_path_factory) -> Path:
     """A 4-layer random SmolLM3 (NoPE every 4th layer, GQA, tied) with a small tokenizer."""
     return build_smollm3(tmp_path_factory.mktemp("tiny-smollm3"))
+
+
+@pytest.fixture(scope="session")
+def tok_dir(tmp_path_factory) -> Path:
+    """A small byte-level BPE with the SmolLM3 special tokens and the real chat template."""
+    out = tmp_path_factory.mktemp("tok")
+    build_tokenizer(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tok(tok_dir):
+    from smolchat.chat.tokenizer import Tokenizer
+
+    return Tokenizer.from_dir(tok_dir)
 
 
 @pytest.fixture(scope="session")

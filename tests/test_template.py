@@ -15,9 +15,7 @@ from smolchat.chat.thinking import (
     prompt_opens_reasoning,
     resolve_thinking,
 )
-from smolchat.chat.tokenizer import Tokenizer
 from smolchat.errors import TemplateError
-from tests.tiny import build_tokenizer
 
 TODAY = datetime(2025, 7, 10, 12, 0, 0)
 
@@ -163,18 +161,6 @@ CONVERSATIONS = [
         {"documents": [{"title": "T", "text": "doc text"}]},
     ),
 ]
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tok")
-    build_tokenizer(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tok(tok_dir) -> Tokenizer:
-    return Tokenizer.from_dir(tok_dir)
 
 
 @pytest.fixture(scope="module")

@@ -27,18 +27,6 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tok")
-    build_tokenizer(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tok(tok_dir) -> Tokenizer:
-    return Tokenizer.from_dir(tok_dir)
-
-
-@pytest.fixture(scope="module")
 def hf_tok(tok_dir):
     transformers = pytest.importorskip("transformers")
     config = json.loads((tok_dir / "tokenizer_config.json").read_text())
