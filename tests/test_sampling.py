@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smolchat.engine.sampling import apply_repetition_penalty, filter_logits, make_sampler
 from smolchat.engine.types import SamplingParams
@@ -105,3 +107,88 @@ def test_invalid_values_raise_a_clear_error(bad):
         SamplingParams(**bad)
     name = next(iter(bad))
     assert name in str(info.value)
+
+
+# --- never NaN: every value the settings accept gives a valid token (issue 10, item 3) ---
+
+F32 = torch.finfo(torch.float32)
+
+
+@pytest.mark.parametrize("temperature", [1e-45, 1e-40, 1e-30, 1e-8, 5e-6])
+def test_a_tiny_temperature_decodes_greedily(temperature):
+    # 12.5 / 1e-40 overflows float32: the old sampler fed inf/nan to multinomial
+    logits = torch.tensor([3.0, 12.5, -4.0, 12.0])
+    sample = make_sampler(SamplingParams(temperature=temperature, seed=0), torch.device("cpu"))
+    assert [sample(logits, None).item() for _ in range(5)] == [1] * 5
+
+
+def test_tiny_temperature_counts_as_greedy():
+    assert SamplingParams(temperature=1e-40).greedy
+    assert not SamplingParams(temperature=0.01).greedy
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(temperature=1e-4, top_p=1e-9),
+        dict(temperature=1.0, min_p=1.0),
+        dict(temperature=1.0, top_k=1_000_000),
+        dict(temperature=10.0, repetition_penalty=0.01),
+        dict(temperature=1e-4, repetition_penalty=10.0, top_p=1e-9, min_p=1.0, top_k=1),
+    ],
+)
+def test_extreme_filters_on_extreme_logits_give_a_token(settings):
+    logits = torch.tensor([F32.max, F32.min, 0.0, -F32.max, 3.0e38, F32.min])
+    sample = make_sampler(SamplingParams(**settings, seed=0), torch.device("cpu"))
+    seen = torch.tensor([0, 1, 3])
+    token = sample(logits, seen).item()
+    assert 0 <= token < logits.numel()
+
+
+finite_f32 = st.floats(
+    min_value=-F32.max, max_value=F32.max, allow_nan=False, allow_infinity=False, width=32
+)
+
+
+@st.composite
+def logits_and_seen(draw):
+    vocab = draw(st.integers(1, 40))
+    values = draw(
+        st.lists(
+            st.one_of(finite_f32, st.floats(-50, 50, width=32), st.just(F32.min)),
+            min_size=vocab,
+            max_size=vocab,
+        )
+    )
+    seen = draw(st.none() | st.lists(st.integers(0, vocab - 1), max_size=2 * vocab))
+    seen_t = None if seen is None else torch.tensor(seen, dtype=torch.long)
+    return torch.tensor(values, dtype=torch.float32), seen_t
+
+
+def accepted(name):
+    low, high = SamplingParams.RANGES[name]
+    if name == "top_k":
+        return st.integers(int(low), int(high))
+    if name == "top_p":
+        return st.floats(low, high, exclude_min=True)  # 0 is refused up front
+    return st.floats(low, high)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=logits_and_seen(),
+    params=st.builds(
+        SamplingParams,
+        temperature=accepted("temperature"),
+        top_p=accepted("top_p"),
+        top_k=accepted("top_k"),
+        min_p=accepted("min_p"),
+        repetition_penalty=accepted("repetition_penalty"),
+        seed=st.just(0),
+    ),
+)
+def test_every_accepted_setting_samples_a_valid_token(data, params):
+    logits, seen = data
+    token = make_sampler(params, torch.device("cpu"))(logits, seen)
+    assert token.shape == (1,)
+    assert 0 <= int(token.item()) < logits.numel()

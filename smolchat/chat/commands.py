@@ -158,7 +158,7 @@ class SettingSpec:
 
 
 SETTINGS: dict[str, SettingSpec] = {
-    "temperature": SettingSpec("temperature", "float", "randomness; 0 = greedy"),
+    "temperature": SettingSpec("temperature", "float", "randomness; 0 (or below 1e-5) = greedy"),
     "top_p": SettingSpec("top_p", "float", "nucleus sampling; 1 = off"),
     "top_k": SettingSpec("top_k", "int", "sample from the k most likely; 0 = off"),
     "min_p": SettingSpec("min_p", "float", "drop tokens below min_p x the top one; 0 = off"),

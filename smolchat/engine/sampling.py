@@ -45,8 +45,24 @@ def filter_logits(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
     return logits
 
 
+def scale_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``logits / temperature``, shifted so the best token is 0: float32 (V,), never NaN.
+
+    Non-finite entries are clamped first (a repetition penalty can overflow a huge logit), so
+    every entry is finite before the shift, the best is exactly 0 and the rest are <= 0 (or
+    -inf, which softmax treats as probability 0). Any temperature > 0 is safe.
+    """
+    finfo = torch.finfo(logits.dtype)
+    logits = torch.nan_to_num(logits, nan=finfo.min, posinf=finfo.max, neginf=finfo.min)
+    return (logits - logits.max(dim=-1, keepdim=True).values) / temperature
+
+
 def make_sampler(p: SamplingParams, device: torch.device) -> Sampler:
-    """Return ``sample(logits (V,), seen_ids | None) -> id tensor (1,)``."""
+    """Return ``sample(logits (V,), seen_ids | None) -> id tensor (1,)``.
+
+    Never NaN for any settings :class:`SamplingParams` accepts: temperatures below
+    ``GREEDY_BELOW`` decode greedily, and the scaled logits are always finite at the top.
+    """
     generator = None
     if not p.greedy:
         generator = torch.Generator(device=device)
@@ -61,7 +77,7 @@ def make_sampler(p: SamplingParams, device: torch.device) -> Sampler:
             logits = apply_repetition_penalty(logits, seen, p.repetition_penalty)
         if p.greedy:
             return logits.argmax(dim=-1, keepdim=True)
-        logits = filter_logits(logits / p.temperature, p)
+        logits = filter_logits(scale_logits(logits, p.temperature), p)
         probs = torch.softmax(logits, dim=-1)
         return torch.multinomial(probs, 1, generator=generator)
 

@@ -9,10 +9,14 @@ from smolchat.errors import SamplingError
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
+# Temperatures below this decode greedily (vLLM's threshold): dividing logits by a smaller one
+# only overflows float32 on the way to the same argmax.
+GREEDY_BELOW = 1e-5
+
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Sampling settings. ``temperature == 0`` means greedy decoding.
+    """Sampling settings. ``temperature == 0`` (or below ``GREEDY_BELOW``, 1e-5) means greedy.
 
     ``top_k == 0``, ``top_p == 1`` and ``min_p == 0`` disable those filters;
     ``seed=None`` draws from a fresh generator each time.
@@ -52,7 +56,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW
 
     def with_(self, **changes: object) -> SamplingParams:
         """A copy with some settings changed (validated)."""
