@@ -11,13 +11,22 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, assert_never
 
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.text import Text
 
+from smolchat.chat.commands import (
+    Effect,
+    HistoryChanged,
+    Quit,
+    ShowHelp,
+    ShowReasoning,
+    StreamReply,
+    SwitchTheme,
+)
 from smolchat.chat.events import AnswerDelta, ChatEvent, ReasoningDelta, TurnFinished
 from smolchat.chat.text import printable
 from smolchat.engine.types import GenerationStats
@@ -161,22 +170,31 @@ class PlainChat:
             self.answer(self.session.send(line))
             return True
         result = run_command(self.session, line)
-        if result.action == "exit":
-            return False
-        if result.action == "generate" and result.stream is not None:
-            self.answer(result.stream)
+        if result.effect is None:
+            if result.message:
+                self.console.print(Markdown(printable(result.message)))
             return True
-        if result.action == "reasoning":
-            self.show_reasoning = result.arg == "show"
-            self.console.print(
-                Text(f"reasoning {'shown' if self.show_reasoning else 'hidden'}", style="dim")
-            )
-        elif result.action == "theme":
-            self.console.print(Text("themes apply to the TUI only", style="dim"))
-        elif result.message:
-            self.console.print(Markdown(printable(result.message)))
-        if result.action == "clear":  # the history changed and was autosaved
-            self._autosave_problem()
+        return self.apply_effect(result.effect, result.message)
+
+    def apply_effect(self, effect: Effect, message: str) -> bool:
+        """Carry out what a command asked for; False when the REPL should end."""
+        match effect:
+            case Quit():
+                return False
+            case StreamReply(stream=stream):
+                self.answer(stream)
+            case ShowReasoning(show=show):
+                self.show_reasoning = show
+                self.console.print(Text(f"reasoning {'shown' if show else 'hidden'}", style="dim"))
+            case SwitchTheme():
+                self.console.print(Text("themes apply to the TUI only", style="dim"))
+            case HistoryChanged() | ShowHelp():  # the history changed and was autosaved
+                if message:
+                    self.console.print(Markdown(printable(message)))
+                if isinstance(effect, HistoryChanged):
+                    self._autosave_problem()
+            case _:
+                assert_never(effect)
         return True
 
     def _autosave_problem(self) -> None:

@@ -7,7 +7,20 @@ from pathlib import Path
 import pytest
 
 import smolchat
-from smolchat.chat.commands import COMMANDS, complete, is_command, run_command
+from smolchat.chat.commands import (
+    COMMANDS,
+    CommandResult,
+    HistoryChanged,
+    Quit,
+    ShowHelp,
+    ShowReasoning,
+    StreamReply,
+    SwitchTheme,
+    command,
+    complete,
+    is_command,
+    run_command,
+)
 from smolchat.chat.events import TurnFinished
 from smolchat.chat.session import ChatSession
 from smolchat.chat.settings import ChatSettings
@@ -84,8 +97,8 @@ def test_unknown_commands_suggest_a_close_one(session) -> None:
 
 def test_help(session) -> None:
     text = run_command(session, "/help").message
-    for command in COMMANDS.values():
-        assert command.usage.replace("|", "\\|") in text  # "|" escaped in the table
+    for cmd in COMMANDS.values():
+        assert cmd.usage.replace("|", "\\|") in text  # "|" escaped in the table
     assert "/think" in text and "end a message" in text.lower()
     detail = run_command(session, "/help /set").message
     assert "/set [NAME [VALUE]]" in detail and "| temperature | 0.0 |" in detail
@@ -155,7 +168,7 @@ def test_set_shows_everything_and_one(session) -> None:
 def test_set_good_values(session, line, name, value) -> None:
     result = run_command(session, line)
     assert session.settings.to_dict()[name] == value
-    assert "→" in result.message and result.action is None
+    assert "→" in result.message and result.effect is None
 
 
 @pytest.mark.parametrize(
@@ -210,7 +223,7 @@ def test_save_and_load(session, engine, tmp_path) -> None:
 
     other = ChatSession(engine, store=TranscriptStore(tmp_path / "t2"))
     loaded = run_command(other, f"/load {target}")
-    assert loaded.action == "clear" and "Loaded 1 turn from" in loaded.message
+    assert loaded.effect == HistoryChanged() and "Loaded 1 turn from" in loaded.message
     assert other.messages == session.messages
     assert other.settings == session.settings
     refused(other, "/load", "needs a path")
@@ -236,8 +249,8 @@ def test_retry(session) -> None:
     chat(session)
     old = session.messages[-1]
     result = run_command(session, "/retry")
-    assert result.action == "generate" and result.stream is not None
-    events = list(result.stream)
+    assert isinstance(result.effect, StreamReply)
+    events = list(result.effect.stream)
     assert isinstance(events[-1], TurnFinished)
     assert len(session.messages) == 2 and session.messages[-1] is not old
     refused(session, "/retry now", "takes no argument")
@@ -250,7 +263,7 @@ def test_undo_clear_and_drop(session) -> None:
         chat(session, text)
     refused(session, "/undo please", "takes no argument")
     result = run_command(session, "/undo")
-    assert result.action == "clear" and result.arg == "Hello four"
+    assert result.effect == HistoryChanged(restorable="Hello four")
     assert len(session.messages) == 6
     for line, match in [
         ("/drop 0", "from 1 to 3, got 0"),
@@ -263,13 +276,13 @@ def test_undo_clear_and_drop(session) -> None:
     ]:
         refused(session, line, match)
     result = run_command(session, "/drop")
-    assert result.action == "clear" and "Dropped the 1 oldest exchange;" in result.message
+    assert result.effect == HistoryChanged() and "Dropped the 1 oldest exchange;" in result.message
     assert session.messages[0]["content"] == "Hello two"
     assert "2 oldest exchanges" in run_command(session, "/drop 2").message
     assert session.messages == []
     chat(session)
     refused(session, "/clear all", "takes no argument")
-    assert run_command(session, "/clear").action == "clear" and session.messages == []
+    assert run_command(session, "/clear").effect == HistoryChanged() and session.messages == []
 
 
 def test_stats(session) -> None:
@@ -288,17 +301,17 @@ def test_stats(session) -> None:
 
 def test_exit_theme_reasoning(session) -> None:
     for line in ("/exit", "/quit", "/q", "/EXIT"):
-        assert run_command(session, line).action == "exit"
+        assert run_command(session, line).effect == Quit()
     refused(session, "/exit now", "takes no argument")
     result = run_command(session, "/theme dracula-dark")
-    assert (result.action, result.arg) == ("theme", "dracula-dark")
+    assert result.effect == SwitchTheme("dracula-dark")
     refused(session, "/theme", "needs one theme name")
     refused(session, "/theme a b", "needs one theme name")
     refused(session, "/theme ../../etc/passwd", "bad theme name")
     refused(session, "/theme " + "x" * 100, "bad theme name")
     for word in ("show", "hide", "SHOW"):
         result = run_command(session, f"/reasoning {word}")
-        assert (result.action, result.arg) == ("reasoning", word.lower())
+        assert result.effect == ShowReasoning(word.lower() == "show")
     refused(session, "/reasoning", "takes show or hide")
     refused(session, "/reasoning shw", "did you mean show")
     refused(session, "/reasoning toggle now", "takes show or hide")
@@ -325,3 +338,53 @@ def test_complete() -> None:
     ]  # fmt: skip
     assert complete("/reasoning h") == ["/reasoning hide"]
     assert complete("/zz") == [] and complete("/retry x") == [] and complete("/set top_k 5") == []
+
+
+# --- the registry contract ------------------------------------------------------------------
+
+
+def test_registry_keeps_registration_order_and_lists_every_command(session, monkeypatch) -> None:
+    names = list(COMMANDS)
+    assert names[:5] == ["help", "system", "think", "no_think", "set"]
+    assert names[-1] == "exit"
+    # a command registered later appears in /help, completion and run_command at once
+    monkeypatch.setattr("smolchat.chat.commands.COMMANDS", dict(COMMANDS))
+
+    @command("zzz_echo", "/zzz_echo TEXT", "say TEXT back", args=("hello", "help"))
+    def _echo(session, args):
+        return CommandResult(f"echo: {args}")
+
+    import smolchat.chat.commands as commands
+
+    assert list(commands.COMMANDS)[-1] == "zzz_echo"
+    assert "/zzz_echo TEXT" in run_command(session, "/help").message
+    assert run_command(session, "/zzz_echo hi").message == "echo: hi"
+    assert complete("/zzz") == ["/zzz_echo"]
+    assert complete("/zzz_echo he") == ["/zzz_echo hello", "/zzz_echo help"]
+    with pytest.raises(ValueError, match="registered twice"):
+        command("zzz_echo", "/zzz_echo", "again")(_echo)
+
+
+def test_help_effects(session) -> None:
+    assert run_command(session, "/help").effect == ShowHelp()
+    assert run_command(session, "/help retry").effect == ShowHelp("retry")
+    assert run_command(session, "/h quit").effect == ShowHelp("exit")
+
+
+def test_set_grammar_lives_with_the_settings(session) -> None:
+    from smolchat.chat.settings import SETTINGS, find_setting
+
+    assert find_setting("TEMP").name == "temperature"
+    assert find_setting("max-tokens").name == "max_new_tokens"
+    assert SETTINGS["top_k"].parse("1e3", 4096) == 1000
+    assert SETTINGS["max_new_tokens"].allowed(300) == "a whole number from 1 to 300"
+    # /set offers exactly the settings the settings module describes
+    assert COMMANDS["set"].args == tuple(SETTINGS)
+    assert complete("/set max") == ["/set max_new_tokens"]
+
+
+def test_complete_with_values_only_the_ui_knows() -> None:
+    themes = {"theme": ["dark", "light", "gruvbox"]}
+    assert complete("/theme ", choices=themes) == ["/theme dark", "/theme gruvbox", "/theme light"]
+    assert complete("/theme l", choices=themes) == ["/theme light"]
+    assert complete("/theme l") == []

@@ -2,67 +2,149 @@
 
 ``run_command(session, line)`` validates everything before it changes anything: an unknown
 command or a bad value raises :class:`~smolchat.errors.CommandError` (one line, with the allowed
-values and a close-match suggestion) and leaves the session as it was. Commands the UI must
-carry out come back as an ``action``:
-
-* ``"exit"``: leave the app.
-* ``"generate"``: ``stream`` holds the events of a new reply (``/retry``); consume it like
-  ``session.send``.
-* ``"clear"``: the history changed (``/clear``, ``/undo``, ``/drop``, ``/load``); redraw the
-  conversation from ``session.messages`` (empty after ``/clear``). For ``/undo``, ``arg`` is the
-  text of the removed user message, to offer it for editing.
-* ``"theme"``: switch to theme ``arg``. ``"reasoning"``: ``arg`` is ``"show"`` or ``"hide"``.
+values and a close-match suggestion) and leaves the session as it was. It returns a
+:class:`CommandResult`: a Markdown ``message`` to show, and at most one typed ``effect`` the UI
+carries out (leave, stream a new reply, redraw the history, switch theme, show or hide the
+reasoning, open the help). The UIs match on the effect types; there are no action strings.
 
 Other errors of the session pass through unchanged: ContextOverflowError from ``/retry``,
 TranscriptError from ``/save`` and ``/load``, SmolchatError while a reply is being generated.
+
+How to add a command (one place: a decorated function in this module)::
+
+    @command("stats", "/stats", "speed of the last reply and context use")
+    def _cmd_stats(session: ChatSession, args: str) -> CommandResult:
+        no_args("stats", args)
+        return CommandResult(describe_stats(session))
+
+* ``@command(name, usage, help, aliases=(), args=(), complete_arg=None)`` registers it.
+  ``/help``, the hint line above the prompt, Tab completion and the command palette list the
+  commands in registration order, i.e. the order of the functions in this file.
+* The handler gets the session and the text after the name (stripped). Check the arguments
+  first and raise ``CommandError("one line: what is wrong, what to type")``; change the
+  session only once everything is valid.
+* Return ``CommandResult(message)`` for output only, or with ``effect=`` one of the
+  :data:`Effect` types below when the UI must do something. A command that needs something
+  the UIs cannot do yet gets a new frozen dataclass here, added to :data:`Effect`; then
+  ``ChatScreen.apply_effect`` (smolchat/tui/screens/chat.py) and ``PlainChat.apply_effect``
+  (smolchat/plain.py) must handle it: both end in ``assert_never``, so mypy names the UI
+  that misses it.
+* Completion of the argument: ``args=("show", "hide")`` for fixed words, or
+  ``complete_arg=fn`` (the partial argument -> the full arguments it may become) for computed
+  ones such as paths. Values only the UI knows (theme names) come in through
+  :func:`complete`'s ``choices``.
+* Tests: tests/test_commands.py (the command on a real tiny engine) and
+  tests/tui/test_commands.py (the same command typed into the TUI through Pilot).
 """
 
 from __future__ import annotations
 
-import difflib
-import math
 import re
 import shlex
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from smolchat.chat.events import ChatEvent
 from smolchat.chat.session import MIN_REPLY_ROOM, ChatSession
-from smolchat.chat.settings import MAX_NEW_TOKENS_CAP, SAMPLING_NAMES
+from smolchat.chat.settings import (
+    SETTINGS,
+    find_setting,
+    settings_table,
+    show_value,
+    suggest,
+)
 from smolchat.chat.text import valid_text
-from smolchat.engine.types import SamplingParams
-from smolchat.errors import CommandError, SamplingError
+from smolchat.errors import CommandError
 
 __all__ = [
     "COMMANDS",
-    "SETTINGS",
     "Command",
     "CommandResult",
+    "Effect",
+    "HistoryChanged",
+    "Quit",
+    "ShowHelp",
+    "ShowReasoning",
+    "StreamReply",
+    "SwitchTheme",
+    "command",
     "complete",
     "is_command",
+    "no_args",
     "parse_command",
     "run_command",
 ]
 
 
-@dataclass
+# --- what a command asks the UI to do ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Quit:
+    """Leave smolchat (the transcript is already autosaved)."""
+
+
+@dataclass(frozen=True)
+class StreamReply:
+    """A new reply to the last user message replaces the last reply (``/retry``).
+
+    ``stream`` yields the events of the reply; consume it like ``session.send``.
+    """
+
+    stream: Iterator[ChatEvent]
+
+
+@dataclass(frozen=True)
+class HistoryChanged:
+    """The history changed (``/clear``, ``/undo``, ``/drop``, ``/load``): redraw it from
+    ``session.messages``. ``restorable``: the text of a removed user message, to offer back."""
+
+    restorable: str | None = None
+
+
+@dataclass(frozen=True)
+class SwitchTheme:
+    """Switch to the colour theme ``name`` (checked by the UI, which knows the themes)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class ShowReasoning:
+    """Show (True) or hide (False) the reasoning of replies."""
+
+    show: bool
+
+
+@dataclass(frozen=True)
+class ShowHelp:
+    """Open the help. ``topic``: the one command asked about (the message explains it), or None
+    for everything (the message lists the commands; a UI may add its keys)."""
+
+    topic: str | None = None
+
+
+Effect = Quit | StreamReply | HistoryChanged | SwitchTheme | ShowReasoning | ShowHelp
+
+
+@dataclass(frozen=True)
 class CommandResult:
-    """What a command did, and what (if anything) the UI must do."""
+    """What a command did: ``message`` (Markdown, may be empty) and what the UI must do."""
 
-    message: str = ""  # text to show (may be multi-line Markdown, e.g. /help)
-    action: str | None = None  # None | "exit" | "generate" | "theme" | "reasoning" | "clear"
-    arg: str | None = None  # theme name, "show"/"hide", the undone user text
-    stream: Iterator[ChatEvent] | None = None  # /retry: consume it like session.send()
+    message: str = ""
+    effect: Effect | None = None
 
+
+# --- the registry --------------------------------------------------------------------------
 
 Handler = Callable[[ChatSession, str], CommandResult]
+ArgCompleter = Callable[[str], list[str]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Command:
-    """One slash command: ``usage`` and ``help`` feed /help and completion."""
+    """One slash command: ``usage`` and ``help`` feed /help, the hint line and the palette."""
 
     name: str
     usage: str
@@ -70,16 +152,37 @@ class Command:
     handler: Handler
     aliases: tuple[str, ...] = ()
     args: tuple[str, ...] = ()  # fixed argument words, for completion
+    complete_arg: ArgCompleter | None = None  # computed completions of the argument
+
+    def arg_completions(self, partial: str, extra: Sequence[str] = ()) -> list[str]:
+        """The arguments ``partial`` may complete to, sorted (fixed words, extra, computed)."""
+        word = partial.lower()
+        found = {a for a in (*self.args, *extra) if a.lower().startswith(word)}
+        if self.complete_arg is not None:
+            found.update(self.complete_arg(partial))
+        return sorted(found)
 
 
-COMMANDS: dict[str, Command] = {}
+COMMANDS: dict[str, Command] = {}  # in registration order
 _ALIASES: dict[str, str] = {}
 _COMMAND_LINE = re.compile(r"/([A-Za-z_][\w-]*)(?:\s+(.*))?", re.DOTALL)
 
 
-def _command(name: str, usage: str, help: str, *, aliases: tuple[str, ...] = (), args=()):
+def command(
+    name: str,
+    usage: str,
+    help: str,
+    *,
+    aliases: tuple[str, ...] = (),
+    args: tuple[str, ...] = (),
+    complete_arg: ArgCompleter | None = None,
+) -> Callable[[Handler], Handler]:
+    """Register the decorated handler as ``/name`` (see the module docstring)."""
+
     def register(fn: Handler) -> Handler:
-        COMMANDS[name] = Command(name, usage, help, fn, aliases, tuple(args))
+        if name in COMMANDS or name in _ALIASES:
+            raise ValueError(f"/{name} is registered twice")
+        COMMANDS[name] = Command(name, usage, help, fn, aliases, tuple(args), complete_arg)
         for alias in aliases:
             _ALIASES[alias] = name
         return fn
@@ -110,30 +213,30 @@ def parse_command(line: str) -> tuple[str, str]:
     return _ALIASES.get(name, name), (m.group(2) or "").strip()
 
 
-def _suggest(word: str, choices: list[str], prefix: str = "") -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    if not close:
-        close = [c for c in choices if c.startswith(word)][:1] if word else []
-    return f"; did you mean {prefix}{close[0]}?" if close else ""
+def find_command(word: str) -> Command | None:
+    """The command named ``word`` (with or without ``/``, any case, aliases), or None."""
+    key = word.lstrip("/").lower().replace("-", "_")
+    return COMMANDS.get(_ALIASES.get(key, key))
 
 
 def run_command(session: ChatSession, line: str) -> CommandResult:
     """Run one slash command on ``session``; CommandError (one line) if it is wrong."""
     name, args = parse_command(line)
-    command = COMMANDS.get(name)
-    if command is None:
+    cmd = COMMANDS.get(name)
+    if cmd is None:
         names = sorted([*COMMANDS, *_ALIASES])
-        hint = _suggest(name, names, "/")
+        hint = suggest(name, names, "/")
         raise CommandError(f"unknown command /{name}{hint} (/help lists them)")
-    return command.handler(session, args)
+    return cmd.handler(session, args)
 
 
-def _no_args(name: str, args: str, extra: str = "") -> None:
+def no_args(name: str, args: str, extra: str = "") -> None:
+    """CommandError if ``/name`` was given an argument (``extra`` is added to the message)."""
     if args:
         raise CommandError(f"/{name} takes no argument, got {args[:40]!r}{extra}")
 
 
-def _one_path(name: str, args: str) -> str:
+def one_path(name: str, args: str) -> str:
     """A path argument: the rest of the line, or one shell-quoted word."""
     text = args.strip()
     if text[:1] in ("'", '"'):
@@ -147,172 +250,28 @@ def _one_path(name: str, args: str) -> str:
     return text
 
 
-# --- settings ------------------------------------------------------------------------------
+def _cell(text: str) -> str:
+    """``text`` safe inside a Markdown table cell."""
+    return text.replace("|", "\\|")
 
 
-@dataclass(frozen=True)
-class SettingSpec:
-    name: str
-    kind: str  # "float" | "int" | "seed" | "bool"
-    help: str
+# --- the commands, in the order /help lists them --------------------------------------------
 
 
-SETTINGS: dict[str, SettingSpec] = {
-    "temperature": SettingSpec("temperature", "float", "randomness; 0 (or below 1e-5) = greedy"),
-    "top_p": SettingSpec("top_p", "float", "nucleus sampling; 1 = off"),
-    "top_k": SettingSpec("top_k", "int", "sample from the k most likely; 0 = off"),
-    "min_p": SettingSpec("min_p", "float", "drop tokens below min_p x the top one; 0 = off"),
-    "repetition_penalty": SettingSpec("repetition_penalty", "float", "1 = off"),
-    "seed": SettingSpec("seed", "seed", "random seed; none = fresh each time"),
-    "max_new_tokens": SettingSpec("max_new_tokens", "int", "longest reply, in tokens"),
-    "thinking": SettingSpec("thinking", "bool", "reason before answering (also /think)"),
-}
-_SETTING_ALIASES = {
-    "temp": "temperature",
-    "max_tokens": "max_new_tokens",
-    "repeat_penalty": "repetition_penalty",
-    "rep_penalty": "repetition_penalty",
-}
-_TRUE = {"on", "true", "yes", "1"}
-_FALSE = {"off", "false", "no", "0"}
-
-
-def _range(session: ChatSession, name: str) -> tuple[float, float] | None:
-    if name == "max_new_tokens":
-        return 1, min(MAX_NEW_TOKENS_CAP, session.context_limit())
-    return SamplingParams.RANGES.get(name)
-
-
-def _range_text(session: ChatSession, name: str) -> str:
-    spec = SETTINGS[name]
-    if spec.kind == "bool":
-        return "on or off"
-    low, high = _range(session, name)  # type: ignore[misc]
-    if name == "top_p":
-        return f"a number above {low} up to {high}"
-    if spec.kind == "seed":
-        return f"a whole number from {low} to {high}, or none"
-    if spec.kind == "int":
-        return f"a whole number from {low} to {high}"
-    return f"a number from {low} to {high}"
-
-
-def _current(session: ChatSession, name: str) -> Any:
-    if name in SAMPLING_NAMES:
-        return getattr(session.settings.sampling, name)
-    return getattr(session.settings, name)
-
-
-def _show(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return str(value)
-
-
-def _parse_value(session: ChatSession, name: str, raw: str) -> Any:
-    spec = SETTINGS[name]
-    allowed = _range_text(session, name)
-    bad = CommandError(f"{name} must be {allowed}, got {raw[:40]!r}")
-    word = raw.strip().lower()
-    if spec.kind == "bool":
-        if word in _TRUE:
-            return True
-        if word in _FALSE:
-            return False
-        raise bad
-    if spec.kind == "seed" and word in ("none", "random", "off"):
-        return None
-    if spec.kind in ("int", "seed"):
-        try:
-            value: float | int = int(word)
-        except ValueError:
-            try:
-                number = float(word)
-            except ValueError:
-                raise bad from None
-            if not math.isfinite(number) or not number.is_integer() or abs(number) > 2**53:
-                raise bad from None
-            value = int(number)
-    else:
-        try:
-            value = float(word)
-        except ValueError:
-            raise bad from None
-        if not math.isfinite(value):
-            raise bad
-    low, high = _range(session, name)  # type: ignore[misc]
-    if not (low <= value <= high) or (name == "top_p" and value <= 0):
-        raise bad
-    return value
-
-
-def _settings_table(session: ChatSession) -> str:
-    rows = ["| setting | value | allowed | meaning |", "|---|---|---|---|"]
-    for name, spec in SETTINGS.items():
-        value = _show(_current(session, name))
-        rows.append(f"| {name} | {value} | {_range_text(session, name)} | {spec.help} |")
-    return "\n".join(rows)
-
-
-@_command(
-    "set",
-    "/set [NAME [VALUE]]",
-    "show the settings, or change one (temperature, top_p, top_k, min_p, repetition_penalty, "
-    "seed, max_new_tokens, thinking)",
-    args=tuple(SETTINGS),
-)
-def _cmd_set(session: ChatSession, args: str) -> CommandResult:
-    if not args:
-        return CommandResult(_settings_table(session))
-    if "=" in args.split()[0]:
-        args = args.replace("=", " ", 1)
-    parts = args.split()
-    if not parts:
-        raise CommandError("usage: /set NAME VALUE (or /set alone to show the settings)")
-    key = parts[0].lower().replace("-", "_")
-    name = _SETTING_ALIASES.get(key, key)
-    if name not in SETTINGS:
-        hint = _suggest(key, [*SETTINGS, *_SETTING_ALIASES])
-        raise CommandError(
-            f"unknown setting {parts[0][:40]!r}{hint} (settings: {', '.join(SETTINGS)})"
-        )
-    if len(parts) == 1:
-        value = _show(_current(session, name))
-        return CommandResult(f"{name} = {value} ({_range_text(session, name)})")
-    if len(parts) > 2:
-        raise CommandError(f"/set {name} takes one value ({_range_text(session, name)})")
-    value = _parse_value(session, name, parts[1])
-    old = _current(session, name)
-    if name in SAMPLING_NAMES:
-        try:
-            session.settings.sampling = session.settings.sampling.with_(**{name: value})
-        except SamplingError as exc:
-            raise CommandError(f"{exc} ({_range_text(session, name)})") from None
-    else:
-        setattr(session.settings, name, value)
-    return CommandResult(f"{name}: {_show(old)} → {_show(value)}")
-
-
-# --- conversation commands -----------------------------------------------------------------
-
-
-@_command("help", "/help [COMMAND]", "list the commands, or explain one", aliases=("h", "?"))
+@command("help", "/help [COMMAND]", "list the commands, or explain one", aliases=("h", "?"))
 def _cmd_help(session: ChatSession, args: str) -> CommandResult:
     if args:
         key = args.split()[0].lstrip("/").lower().replace("-", "_")
-        key = _ALIASES.get(key, key)
-        if key not in COMMANDS:
-            hint = _suggest(key, list(COMMANDS), "/")
+        cmd = find_command(key)
+        if cmd is None:
+            hint = suggest(key, list(COMMANDS), "/")
             raise CommandError(f"no command /{key}{hint}")
-        cmd = COMMANDS[key]
         text = f"`{cmd.usage}`: {cmd.help}"
         if cmd.aliases:
             text += " (also " + ", ".join(f"/{a}" for a in cmd.aliases) + ")"
-        if key == "set":
-            text += "\n\n" + _settings_table(session)
-        return CommandResult(text)
+        if cmd.name == "set":
+            text += "\n\n" + settings_table(session.settings, session.context_limit())
+        return CommandResult(text, ShowHelp(cmd.name))
     rows = ["| command | what it does |", "|---|---|"]
     # a "|" inside a table cell ends the cell, even inside a code span: escape it
     rows += [f"| `{_cell(c.usage)}` | {_cell(c.help)} |" for c in COMMANDS.values()]
@@ -320,12 +279,7 @@ def _cmd_help(session: ChatSession, args: str) -> CommandResult:
     rows.append(
         "End a message with `/think` or `/no_think` to set the thinking mode for that message only."
     )
-    return CommandResult("\n".join(rows))
-
-
-def _cell(text: str) -> str:
-    """``text`` safe inside a Markdown table cell."""
-    return text.replace("|", "\\|")
+    return CommandResult("\n".join(rows), ShowHelp())
 
 
 def _thinking_note(session: ChatSession) -> str:
@@ -337,7 +291,7 @@ def _thinking_note(session: ChatSession) -> str:
     return ""
 
 
-@_command(
+@command(
     "system",
     "/system [TEXT | --clear]",
     "show the system prompt, set it to TEXT, or go back to the model's default",
@@ -362,29 +316,56 @@ def _cmd_system(session: ChatSession, args: str) -> CommandResult:
     return CommandResult(f"System prompt set ({tokens} tokens).{_thinking_note(session)}")
 
 
-@_command("think", "/think", "thinking mode on: the model reasons before it answers")
+@command("think", "/think", "thinking mode on: the model reasons before it answers")
 def _cmd_think(session: ChatSession, args: str) -> CommandResult:
-    _no_args("think", args, "; to think for one message only, end the message with /think")
+    no_args("think", args, "; to think for one message only, end the message with /think")
     session.settings.thinking = True
     return CommandResult("Thinking on for the next turns." + _thinking_note(session))
 
 
-@_command("no_think", "/no_think", "thinking mode off: the model answers directly")
+@command("no_think", "/no_think", "thinking mode off: the model answers directly")
 def _cmd_no_think(session: ChatSession, args: str) -> CommandResult:
-    _no_args("no_think", args, "; to skip thinking for one message, end it with /no_think")
+    no_args("no_think", args, "; to skip thinking for one message, end it with /no_think")
     session.settings.thinking = False
     return CommandResult("Thinking off for the next turns." + _thinking_note(session))
 
 
-@_command("save", "/save [PATH]", "save the transcript (Markdown); no PATH: the autosave file")
+@command(
+    "set",
+    "/set [NAME [VALUE]]",
+    "show the settings, or change one (" + ", ".join(SETTINGS) + ")",
+    args=tuple(SETTINGS),
+)
+def _cmd_set(session: ChatSession, args: str) -> CommandResult:
+    limit = session.context_limit()
+    if not args:
+        return CommandResult(settings_table(session.settings, limit))
+    if "=" in args.split()[0]:
+        args = args.replace("=", " ", 1)
+    parts = args.split()
+    if not parts:
+        raise CommandError("usage: /set NAME VALUE (or /set alone to show the settings)")
+    spec = find_setting(parts[0])
+    if len(parts) == 1:
+        shown = show_value(spec.get(session.settings))
+        return CommandResult(f"{spec.name} = {shown} ({spec.allowed(limit)})")
+    if len(parts) > 2:
+        raise CommandError(f"/set {spec.name} takes one value ({spec.allowed(limit)})")
+    value = spec.parse(parts[1], limit)
+    old = spec.get(session.settings)
+    spec.apply(session.settings, value, limit)
+    return CommandResult(f"{spec.name}: {show_value(old)} → {show_value(value)}")
+
+
+@command("save", "/save [PATH]", "save the transcript (Markdown); no PATH: the autosave file")
 def _cmd_save(session: ChatSession, args: str) -> CommandResult:
-    path = session.save(_one_path("save", args) or None)
+    path = session.save(one_path("save", args) or None)
     return CommandResult(f"Saved to {path}")
 
 
-@_command("load", "/load PATH", "load a transcript: its history, system prompt and settings")
+@command("load", "/load PATH", "load a transcript: its history, system prompt and settings")
 def _cmd_load(session: ChatSession, args: str) -> CommandResult:
-    raw = _one_path("load", args)
+    raw = one_path("load", args)
     if not raw:
         raise CommandError("/load needs a path: /load PATH (a Markdown transcript)")
     data = session.load(Path(raw))
@@ -394,30 +375,30 @@ def _cmd_load(session: ChatSession, args: str) -> CommandResult:
     if data.model and model and data.model != model:
         note = f" It was recorded with {data.model}."
     message = f"Loaded {turns} turn{'s' if turns != 1 else ''} from {raw}.{note}"
-    return CommandResult(message, action="clear")
+    return CommandResult(message, HistoryChanged())
 
 
-@_command("retry", "/retry", "generate the last reply again")
+@command("retry", "/retry", "generate the last reply again")
 def _cmd_retry(session: ChatSession, args: str) -> CommandResult:
-    _no_args("retry", args)
-    return CommandResult(action="generate", stream=session.retry())
+    no_args("retry", args)
+    return CommandResult(effect=StreamReply(session.retry()))
 
 
-@_command("undo", "/undo", "remove the last exchange (your message and the reply)")
+@command("undo", "/undo", "remove the last exchange (your message and the reply)")
 def _cmd_undo(session: ChatSession, args: str) -> CommandResult:
-    _no_args("undo", args)
+    no_args("undo", args)
     text = session.undo()
-    return CommandResult("Removed the last exchange.", action="clear", arg=text)
+    return CommandResult("Removed the last exchange.", HistoryChanged(restorable=text))
 
 
-@_command("clear", "/clear", "start a new conversation (system prompt and settings stay)")
+@command("clear", "/clear", "start a new conversation (system prompt and settings stay)")
 def _cmd_clear(session: ChatSession, args: str) -> CommandResult:
-    _no_args("clear", args)
+    no_args("clear", args)
     session.clear()
-    return CommandResult("Started a new conversation.", action="clear")
+    return CommandResult("Started a new conversation.", HistoryChanged())
 
 
-@_command("drop", "/drop [N]", "remove the N oldest exchanges (default 1) to free context")
+@command("drop", "/drop [N]", "remove the N oldest exchanges (default 1) to free context")
 def _cmd_drop(session: ChatSession, args: str) -> CommandResult:
     parts = args.split()
     if len(parts) > 1:
@@ -438,7 +419,7 @@ def _cmd_drop(session: ChatSession, args: str) -> CommandResult:
     plural = "s" if dropped != 1 else ""
     return CommandResult(
         f"Dropped the {dropped} oldest exchange{plural}; context {used}/{limit} tokens.",
-        action="clear",
+        HistoryChanged(),
     )
 
 
@@ -477,22 +458,16 @@ def _fmt_stats(session: ChatSession) -> str:
     return "\n".join(lines)
 
 
-@_command("stats", "/stats", "speed of the last reply and context use")
+@command("stats", "/stats", "speed of the last reply and context use")
 def _cmd_stats(session: ChatSession, args: str) -> CommandResult:
-    _no_args("stats", args)
+    no_args("stats", args)
     return CommandResult(_fmt_stats(session))
-
-
-@_command("exit", "/exit", "leave smolchat", aliases=("quit", "q"))
-def _cmd_exit(session: ChatSession, args: str) -> CommandResult:
-    _no_args("exit", args)
-    return CommandResult(action="exit")
 
 
 _THEME_NAME = re.compile(r"[A-Za-z0-9][\w.-]{0,63}")
 
 
-@_command("theme", "/theme NAME", "switch the colour theme")
+@command("theme", "/theme NAME", "switch the colour theme")
 def _cmd_theme(session: ChatSession, args: str) -> CommandResult:
     parts = args.split()
     if len(parts) != 1:
@@ -501,27 +476,34 @@ def _cmd_theme(session: ChatSession, args: str) -> CommandResult:
         raise CommandError(
             f"bad theme name {parts[0][:40]!r}: use letters, digits, '-', '_' or '.'"
         )
-    return CommandResult(action="theme", arg=parts[0])
+    return CommandResult(effect=SwitchTheme(parts[0]))
 
 
-@_command("reasoning", "/reasoning show|hide", "show or hide the reasoning", args=("show", "hide"))
+@command("reasoning", "/reasoning show|hide", "show or hide the reasoning", args=("show", "hide"))
 def _cmd_reasoning(session: ChatSession, args: str) -> CommandResult:
     word = args.strip().lower()
     if word not in ("show", "hide"):
         got = f", got {args.strip()[:40]!r}" if word else ""
-        raise CommandError(f"/reasoning takes show or hide{got}{_suggest(word, ['show', 'hide'])}")
-    return CommandResult(action="reasoning", arg=word)
+        raise CommandError(f"/reasoning takes show or hide{got}{suggest(word, ['show', 'hide'])}")
+    return CommandResult(effect=ShowReasoning(word == "show"))
+
+
+@command("exit", "/exit", "leave smolchat", aliases=("quit", "q"))
+def _cmd_exit(session: ChatSession, args: str) -> CommandResult:
+    no_args("exit", args)
+    return CommandResult(effect=Quit())
 
 
 # --- completion ----------------------------------------------------------------------------
 
 
-def complete(prefix: str) -> list[str]:
+def complete(prefix: str, *, choices: Mapping[str, Sequence[str]] | None = None) -> list[str]:
     """Completions of a partly typed line, as whole lines, sorted.
 
     ``"/se"`` gives ``["/set"]``; ``"/set te"`` gives ``["/set temperature"]``;
     ``"/reasoning s"`` gives ``["/reasoning show"]``. A prefix without ``/`` completes bare
-    command names (``"he"`` gives ``["help"]``).
+    command names (``"he"`` gives ``["help"]``). ``choices`` adds argument values only the UI
+    knows, by command name (``{"theme": ["dark", "light"]}``).
     """
     slash = prefix.startswith("/")
     body = prefix[1:] if slash else prefix
@@ -530,18 +512,8 @@ def complete(prefix: str) -> list[str]:
         word = body.lower()
         return sorted(lead + name for name in COMMANDS if name.startswith(word))
     name, _, rest = body.partition(" ")
-    key = _ALIASES.get(name.lower(), name.lower())
-    command = COMMANDS.get(key)
-    if command is None or not command.args or " " in rest.strip():
+    cmd = find_command(name)
+    if cmd is None or " " in rest.strip():
         return []
-    word = rest.strip().lower()
-    return sorted(f"{lead}{name} {a}" for a in command.args if a.startswith(word))
-
-
-_ORDER = (
-    "help", "system", "think", "no_think", "set", "save", "load", "retry", "undo", "clear",
-    "drop", "stats", "theme", "reasoning", "exit",
-)  # fmt: skip
-_registered = dict(COMMANDS)
-COMMANDS.clear()
-COMMANDS.update({name: _registered[name] for name in _ORDER})
+    extra = (choices or {}).get(cmd.name, ())
+    return [f"{lead}{name} {a}" for a in cmd.arg_completions(rest.strip(), extra)]

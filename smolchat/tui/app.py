@@ -62,8 +62,15 @@ class SmolchatApp(App[None]):
     CSS_PATH = "app.tcss"
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = [
-        Binding("ctrl+c", "stop_or_quit", "Stop / quit", show=False, priority=True),
-        Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
+        Binding(
+            "ctrl+c",
+            "stop_or_quit",
+            "Stop / quit",
+            show=False,
+            priority=True,
+            tooltip="stop the reply (when idle: quit)",
+        ),
+        Binding("ctrl+q", "quit", "Quit", show=False, priority=True, tooltip="quit"),
     ]
 
     class Loaded(Message):

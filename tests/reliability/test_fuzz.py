@@ -18,7 +18,14 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from smolchat.chat.commands import COMMANDS, complete, is_command, parse_command, run_command
+from smolchat.chat.commands import (
+    COMMANDS,
+    StreamReply,
+    complete,
+    is_command,
+    parse_command,
+    run_command,
+)
 from smolchat.chat.events import AnswerDelta, ReasoningDelta
 from smolchat.chat.reasoning import ReasoningParser, split_reasoning
 from smolchat.chat.session import ChatSession
@@ -90,8 +97,8 @@ def test_any_command_line_fails_only_with_one_clear_line(fuzz_session, line: str
     except SmolchatError as error:  # e.g. /retry on a context that is too small
         assert "\n" not in str(error)
         return
-    if result.stream is not None:
-        for _ in result.stream:
+    if isinstance(result.effect, StreamReply):
+        for _ in result.effect.stream:
             pass
     assert not session.busy
     if not session.messages:  # keep something to work on

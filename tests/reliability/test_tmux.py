@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from smolchat.chat.commands import run_command
+from smolchat.chat.commands import HistoryChanged, run_command
 from smolchat.chat.session import ChatSession
 from smolchat.chat.transcript import TranscriptStore, read_transcript
 from tests.reliability.helpers import HAVE_TMUX, quiet_vars, smolchat_command, terminal, wait_until
@@ -101,7 +101,7 @@ def test_typeahead_resize_stop_and_sigkill(smollm2_gguf: Path, tmp_path: Path) -
     # /load accepts it and the conversation can go on
     session = ChatSession(FakeEngine())
     result = run_command(session, f"/load {latest}")
-    assert result.action == "clear" and re.search(r"Loaded 2 turns", result.message)
+    assert result.effect == HistoryChanged() and re.search(r"Loaded 2 turns", result.message)
     assert session.messages == data.messages
     for _ in session.send("And the capital of Italy?"):
         pass

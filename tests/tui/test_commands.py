@@ -28,8 +28,13 @@ async def test_help_opens_the_help_screen() -> None:
         await command(pilot, "/help")
         assert isinstance(pilot.app.screen, HelpScreen)
         source = pilot.app.screen.query_one("#help-text").source
-        for name in ("/system", "/retry", "/theme", "Ctrl+Y", "Esc"):
+        for name in ("/system", "/retry", "/theme", "Ctrl+Y", "Esc", "F7"):
             assert name in source
+        # the key table is generated from the bindings: every described one is listed
+        screen = pilot.app.screen_stack[-2]
+        for binding in [*screen.BINDINGS, *pilot.app.BINDINGS]:
+            if binding.description:
+                assert f"| {binding.tooltip or binding.description} |" in source
         await pilot.press("escape")
         assert not isinstance(pilot.app.screen, HelpScreen)
         await pilot.press("f1")

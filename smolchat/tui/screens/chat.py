@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, assert_never
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -18,10 +18,22 @@ from textual.widget import Widget
 from textual.widgets import Footer, TextArea
 from textual.worker import get_current_worker
 
-from smolchat.chat.commands import COMMANDS, complete, is_command, parse_command, run_command
+from smolchat.chat.commands import (
+    COMMANDS,
+    Effect,
+    HistoryChanged,
+    Quit,
+    ShowHelp,
+    ShowReasoning,
+    StreamReply,
+    SwitchTheme,
+    complete,
+    is_command,
+    run_command,
+)
 from smolchat.chat.events import AnswerDelta, ChatEvent, ReasoningDelta, TurnFinished
 from smolchat.errors import ContextOverflowError, SmolchatError
-from smolchat.tui.screens.dialogs import ConfirmScreen, HelpScreen
+from smolchat.tui.screens.dialogs import ConfirmScreen, HelpScreen, keys_help
 from smolchat.tui.widgets.conversation import AssistantMessage, NoteMessage, UserMessage
 from smolchat.tui.widgets.prompt import CommandHint, PromptInput
 from smolchat.tui.widgets.status import StatusBar, StatusInfo
@@ -38,12 +50,12 @@ class ChatScreen(Screen[None]):
 
     CSS_PATH = "../chat.tcss"
     BINDINGS = [
-        Binding("escape", "stop", "Stop"),
-        Binding("ctrl+y", "copy_reply", "Copy reply", priority=True),
-        Binding("ctrl+b", "copy_code", "Copy code"),
-        Binding("ctrl+r", "toggle_reasoning", "Reasoning"),
-        Binding("ctrl+t", "toggle_think", "Think"),
-        Binding("f1", "help", "Help"),
+        Binding("escape", "stop", "Stop", tooltip="stop the reply"),
+        Binding("ctrl+y", "copy_reply", "Copy reply", priority=True, tooltip="copy the last reply"),
+        Binding("ctrl+b", "copy_code", "Copy code", tooltip="copy the last code block"),
+        Binding("ctrl+r", "toggle_reasoning", "Reasoning", tooltip="show / hide reasoning"),
+        Binding("ctrl+t", "toggle_think", "Think", tooltip="think / no_think"),
+        Binding("f1", "help", "Help", tooltip="this help"),
     ]
 
     class Chunk(Message):
@@ -185,9 +197,8 @@ class ChatScreen(Screen[None]):
             await self.start_turn(lambda: self.session.send(text), user_text=text)
 
     async def run_slash(self, line: str) -> None:
-        """Run a slash command through the shared implementation and apply its action."""
+        """Run a slash command through the shared implementation and carry out its effect."""
         try:
-            name, _ = parse_command(line)
             result = run_command(self.session, line)
         except SmolchatError as error:
             self.notify(str(error), severity="error", markup=False)
@@ -197,38 +208,49 @@ class ChatScreen(Screen[None]):
             detail = " ".join(f"{type(error).__name__}: {error}".split())[:300]
             self.notify(f"internal error: {detail}", severity="error", markup=False)
             return
-        action = result.action
-        if action == "exit":
-            self.app.exit()
-            return
-        if action == "generate" and result.stream is not None:
-            stream = result.stream
-            await self.start_turn(lambda: stream, user_text=None)
-            return
-        if action == "theme":
-            self.app.apply_theme(result.arg or "")  # type: ignore[attr-defined]
-        elif action == "reasoning":
-            self.set_show_reasoning(result.arg == "show")
-            self.notify(f"Reasoning {'shown' if self.show_reasoning else 'hidden'}.", markup=False)
-        elif action == "clear":  # the history changed: redraw it
-            await self.rebuild()
-            if self.session.autosave_error:
-                self.notify(
-                    self.session.autosave_error,
-                    title="Autosave failed",
-                    severity="error",
-                    markup=False,
-                )
-            if name == "undo" and result.arg:
-                # Not put back into the prompt: what the user types next would be appended to
-                # it and sent as one message. Up brings it back.
-                self.prompt.remember(result.arg)
-                self.notify("Removed. Press ↑ to bring the message back.", markup=False)
-        if name == "help":  # all commands and keys, or the help of the one asked about
-            self.app.push_screen(HelpScreen(result.message if line.split()[1:] else None))
+        if result.effect is not None:
+            await self.apply_effect(result.effect, result.message)
         elif result.message:
             self.note(result.message)
         self.refresh_status()
+
+    async def apply_effect(self, effect: Effect, message: str) -> None:
+        """Carry out what a command asked for; ``message`` is its output (shown here)."""
+        match effect:
+            case Quit():
+                self.app.exit()
+            case StreamReply(stream=stream):
+                await self.start_turn(lambda: stream, user_text=None)
+            case SwitchTheme(name=name):
+                self.app.apply_theme(name)  # type: ignore[attr-defined]
+            case ShowReasoning(show=show):
+                self.set_show_reasoning(show)
+                self.notify(f"Reasoning {'shown' if show else 'hidden'}.", markup=False)
+            case HistoryChanged(restorable=removed):
+                await self.rebuild()
+                if self.session.autosave_error:
+                    self.notify(
+                        self.session.autosave_error,
+                        title="Autosave failed",
+                        severity="error",
+                        markup=False,
+                    )
+                if removed:
+                    # Not put back into the prompt: what the user types next would be appended
+                    # to it and sent as one message. Up brings it back.
+                    self.prompt.remember(removed)
+                    self.notify("Removed. Press ↑ to bring the message back.", markup=False)
+                if message:
+                    self.note(message)
+            case ShowHelp(topic=topic):
+                self.app.push_screen(HelpScreen(message if topic else None, keys=self.keys_help()))
+            case _:
+                assert_never(effect)
+
+    def keys_help(self) -> str:
+        """The key table of the help, generated from the prompt's, this screen's and the app's
+        bindings."""
+        return keys_help([*PromptInput.BINDINGS, *self.BINDINGS, *self.app.BINDINGS])
 
     # ---- a turn -----------------------------------------------------------------------
     async def start_turn(
@@ -396,7 +418,7 @@ class ChatScreen(Screen[None]):
             await self.run_slash("/no_think" if self.session.settings.thinking else "/think")
 
     def action_help(self) -> None:
-        self.app.push_screen(HelpScreen())
+        self.app.push_screen(HelpScreen(keys=self.keys_help()))
 
 
 @dataclass

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Markdown, Static
@@ -12,20 +14,32 @@ from textual.widgets import Button, Markdown, Static
 from smolchat.chat.commands import COMMANDS
 from smolchat.chat.text import printable
 
-KEYS_HELP = """\
-| Key | Does |
-|---|---|
-| Enter | send |
-| Shift+Enter, Ctrl+J | new line |
-| Up / Down | history (at the first / last line) |
-| Tab | complete a /command |
-| Esc, Ctrl+C | stop the reply (Ctrl+C when idle: quit) |
-| Ctrl+Y | copy the last reply |
-| Ctrl+B | copy the last code block |
-| Ctrl+R | show / hide reasoning |
-| Ctrl+T | think / no_think |
-| F1 | this help |
-"""
+KEY_NAMES = {"escape": "Esc", "pageup": "PageUp", "pagedown": "PageDown", "delete": "Del"}
+
+
+def key_name(key: str) -> str:
+    """``"ctrl+shift+up"`` -> ``"Ctrl+Shift+Up"``, ``"escape"`` -> ``"Esc"``."""
+    return "+".join(KEY_NAMES.get(part, part.capitalize()) for part in key.split("+"))
+
+
+def keys_help(bindings: Iterable[BindingType]) -> str:
+    """A Markdown table of ``bindings`` (those with a description), generated from them.
+
+    A binding's ``key_display`` (if set) names its keys, its ``tooltip`` (if set) says what it
+    does, else its ``description``.
+    """
+    rows = ["| Key | Does |", "|---|---|"]
+    for binding in bindings:
+        if not isinstance(binding, Binding) or not binding.description:
+            continue
+        keys = binding.key_display or ", ".join(key_name(k) for k in binding.key.split(","))
+        does = binding.tooltip or binding.description
+        rows.append(f"| {_cell(keys)} | {_cell(does)} |")
+    return "\n".join(rows)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
 
 
 def commands_help() -> str:
@@ -41,9 +55,10 @@ class HelpScreen(ModalScreen[None]):
 
     BINDINGS = [Binding("escape,q,f1", "dismiss", "Close")]
 
-    def __init__(self, text: str | None = None) -> None:
+    def __init__(self, text: str | None = None, *, keys: str = "") -> None:
+        """``text``: the help of one command; None: all commands, then the ``keys`` table."""
         super().__init__(classes="dialog")
-        self.help_text = text if text is not None else commands_help() + "\n\n" + KEYS_HELP
+        self.help_text = text if text is not None else commands_help() + "\n\n" + keys
 
     def compose(self) -> ComposeResult:
         with Vertical(id="help-box"):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
-from textual import events
+from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.widgets import Static, TextArea
 
@@ -13,7 +14,49 @@ NEWLINE_KEYS = ("shift+enter", "ctrl+j", "alt+enter")
 
 class PromptInput(TextArea):
     """Enter sends; Shift+Enter / Ctrl+J add a newline; Up/Down at the first/last line walk the
-    history; Tab completes a slash command."""
+    history; Tab completes a slash command.
+
+    Its own keys are priority bindings (checked before the text area inserts a character), so
+    the help lists them from ``BINDINGS`` like every other key.
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "submit", "Send", show=False, priority=True, tooltip="send"),
+        Binding(
+            ",".join(NEWLINE_KEYS),
+            "newline",
+            "New line",
+            show=False,
+            priority=True,
+            tooltip="new line",
+        ),
+        Binding(
+            "up",
+            "history_up",
+            "History",
+            show=False,
+            priority=True,
+            key_display="Up / Down",
+            tooltip="earlier / later prompts (at the first / last line)",
+        ),
+        Binding("down", "history_down", "", show=False, priority=True),  # listed with Up
+        Binding(
+            "tab",
+            "complete",
+            "Complete",
+            show=False,
+            priority=True,
+            tooltip="complete a /command or its argument",
+        ),
+        Binding(
+            "f7",
+            "select_all",
+            "Select all",
+            show=False,
+            tooltip="select the whole draft (then type or Backspace to replace it)",
+        ),
+        Binding("ctrl+z", "undo", "Undo", show=False, tooltip="undo an edit of the draft"),
+    ]
 
     class Submitted(Message):
         """The user pressed Enter on a non-empty prompt."""
@@ -48,26 +91,29 @@ class PromptInput(TextArea):
         self._history_index: int | None = None  # None: editing the draft
         self._draft = ""
 
-    async def _on_key(self, event: events.Key) -> None:
-        key = event.key
-        handled = True
-        if key == "enter":
-            self.submit()
-        elif key in NEWLINE_KEYS:
-            self.insert("\n")
-        elif key == "up" and self.cursor_at_first_line and self.past_prompts:
+    def action_submit(self) -> None:
+        self.submit()
+
+    def action_newline(self) -> None:
+        self.insert("\n")
+
+    def action_history_up(self) -> None:
+        if self.cursor_at_first_line and self.past_prompts:
             self.history_back()
-        elif key == "down" and self.cursor_at_last_line and self._history_index is not None:
+        else:
+            self.action_cursor_up()
+
+    def action_history_down(self) -> None:
+        if self.cursor_at_last_line and self._history_index is not None:
             self.history_forward()
-        elif key == "tab" and self.text.startswith("/") and self.completer is not None:
+        else:
+            self.action_cursor_down()
+
+    def action_complete(self) -> None:
+        if self.text.startswith("/") and self.completer is not None:
             self.complete_command()
         else:
-            handled = False
-        if handled:
-            event.stop()
-            event.prevent_default()
-        else:
-            await super()._on_key(event)
+            self.screen.focus_next()
 
     def submit(self) -> None:
         """Send the prompt's text (as Enter does); an empty prompt sends nothing."""
