@@ -462,7 +462,7 @@ class ChatSession:
             if not isinstance(exc, SmolchatError):  # refusals come before the cache is touched
                 with contextlib.suppress(Exception):
                     self.engine.reset_cache()  # the cache may be half-written
-            tail = parser.finish()
+            tail = [*parser.finish()]
         except BaseException:  # KeyboardInterrupt and the like: keep the partial, re-raise
             finish = "cancelled"
             self._close(stream)

@@ -26,7 +26,7 @@ Decisions (SmolLM3):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -90,7 +90,7 @@ def resolve_thinking(user_text: str, session_thinking: bool) -> tuple[str, bool]
     return user_text, session_thinking
 
 
-def effective_thinking(messages: list[Mapping[str, Any]], enable_thinking: bool) -> bool:
+def effective_thinking(messages: Sequence[Mapping[str, Any]], enable_thinking: bool) -> bool:
     """The mode the SmolLM3 template renders in: a ``/no_think`` (checked first) or ``/think``
     anywhere in a leading system message wins over ``enable_thinking``."""
     if messages and messages[0].get("role") == "system":
@@ -104,7 +104,7 @@ def effective_thinking(messages: list[Mapping[str, Any]], enable_thinking: bool)
 
 
 def history_for_template(
-    messages: list[Mapping[str, Any]],
+    messages: Sequence[Mapping[str, Any]],
     *,
     enable_thinking: bool = True,
     template: str | None = None,

@@ -9,14 +9,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
 import torch
 
 from smolchat.engine.fast import FastDecoder, fast_path_enabled
 from smolchat.engine.sampling import make_sampler
-from smolchat.engine.types import GenerationEvent, GenerationStats, SamplingParams
+from smolchat.engine.types import FinishReason, GenerationEvent, GenerationStats, SamplingParams
 from smolchat.errors import ContextOverflowError, SmolchatError
 from smolchat.model.cache import KVCache
 from smolchat.model.config import ModelConfig
@@ -159,7 +159,7 @@ class Engine:
             tokens = self._eager_tokens(logits, sample, seen)
         decoder = self.tokenizer.stream_decoder()
         t_first = None
-        finish = "length"
+        finish: FinishReason = "length"
         token_id = None
         try:
             for token_id in tokens:
@@ -193,7 +193,7 @@ class Engine:
         final_id = token_id if finish == "stop" else None
         yield GenerationEvent(final_id, decoder.flush(), finish, stats)
 
-    def _eager_tokens(self, logits, sample, seen) -> Iterator[int]:
+    def _eager_tokens(self, logits, sample, seen) -> Generator[int, None, None]:
         """Yield sampled ids; resuming the generator feeds the last id (one forward)."""
         while True:
             token = sample(logits, seen)  # (1,)
@@ -203,7 +203,7 @@ class Engine:
                 seen = torch.cat([seen, token])
             logits = self._step(token_id)
 
-    def _fast_tokens(self, logits, sample, seen, sampling, max_new) -> Iterator[int]:
+    def _fast_tokens(self, logits, sample, seen, sampling, max_new) -> Generator[int, None, None]:
         """Like :meth:`_eager_tokens` on the fast decoder, one step ahead of the host.
 
         The step for a token is queued *before* its id reaches the host, so the GPU computes
@@ -250,6 +250,7 @@ class Engine:
             logits = self.model(x, self.cache, start, last_only=True)
             self.cache.length = start + len(chunk)
             self.cached_ids.extend(chunk)
+        assert logits is not None  # keep < len(ids): at least one chunk ran
         return logits[0, -1]
 
     def _step(self, token_id: int) -> torch.Tensor:

@@ -36,22 +36,27 @@ import math
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from smolchat.model.cache import KVCache
-from smolchat.model.network import CausalLM
+from smolchat.model.network import CausalLM, DecoderLayer
 from smolchat.model.rope import apply_rotary
+
+if TYPE_CHECKING:  # kernels imports triton, which only CUDA machines need
+    from smolchat.engine.kernels import DecodeAttention
 
 log = logging.getLogger(__name__)
 
 ENV_DISABLE = "SMOLCHAT_NO_CUDA_GRAPHS"
 ENV_NO_COMPILE = "SMOLCHAT_NO_COMPILE"
 ENV_KERNELS = "SMOLCHAT_DECODE_KERNELS"
-COMPILE_OPTIONS = {"coordinate_descent_tuning": True}
+COMPILE_OPTIONS: dict[str, str | int | bool | Callable[..., Any]] = {
+    "coordinate_descent_tuning": True
+}
 
 # A linear layer as the step sees it: ("dense", weight, bias) or
 # ("nf4", packed, shape, absmax, blocksize, absmax_8bit, absmax_code, absmax_offset, bias).
@@ -219,7 +224,7 @@ class FastDecoder:
         if compile is None:
             compile = self.graphs and not _env_on(ENV_NO_COMPILE)
         self.compile = compile
-        self.att = None  # Triton decode attention, when it can run
+        self.att: DecodeAttention | None = None  # Triton decode attention, when it can run
         self.kernels = "eager"
         if self.graphs and _triton_ok() and _attention_ok(cfg.head_dim):
             from smolchat.engine.kernels import DecodeAttention
@@ -240,7 +245,8 @@ class FastDecoder:
         self.eps = cfg.rms_norm_eps
         self.layer_weights = []
         self.layer_consts = []
-        for i, layer in enumerate(model.model.layers):
+        for i, module in enumerate(model.model.layers):
+            layer = cast(DecoderLayer, module)
             att, mlp = layer.self_attn, layer.mlp
             self.layer_weights.append(
                 (
@@ -273,7 +279,7 @@ class FastDecoder:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None  # (1, V), valid after a replay
         self._key: tuple[int, int] | None = None
-        self._pool = None
+        self._pool: torch.cuda._POOL_HANDLE | None = None  # the graphs' shared memory pool
         self.failed: str | None = None
         self._tuned = False
         self.tuning: dict[str, tuple] = {}  # matvec -> (config, seconds) on this GPU
@@ -321,6 +327,7 @@ class FastDecoder:
     def _body_triton(self) -> torch.Tensor:
         from smolchat.engine.kernels import argmax, gemv
 
+        assert self.att is not None  # the Triton body runs only with Triton attention
         eps, inv_freq = self.eps, self.model.rotary.inv_freq
         x = F.embedding(self.tok, self.model.model.embed_tokens.weight)[0]  # (C,), updated in place
         for i, (w, consts) in enumerate(zip(self.layer_weights, self.layer_consts, strict=True)):

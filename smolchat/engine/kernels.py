@@ -36,7 +36,7 @@ GEMV_CONFIGS = (
 )
 ATTN_BLOCK_N = 64
 MAX_SPLITS = 64
-_tuned: dict[tuple, tuple[int, int, int]] = {}
+_tuned: dict[tuple, tuple[int, int, int] | str] = {}  # a config, or "torch"
 
 
 @triton.jit
@@ -113,7 +113,7 @@ def gemv(
     if gated:
         n //= 2
     cfg = config or _tuned.get(_key(w, norm, gated, res), GEMV_CONFIGS[0])
-    if cfg == "torch":
+    if isinstance(cfg, str):  # "torch"
         return _torch_gemv(x, w, out=out, norm=norm, eps=eps, gated=gated, res=res)
     if out is None:
         out = torch.empty(n, device=x.device, dtype=x.dtype)
@@ -171,7 +171,8 @@ def tune_gemv(
     key = _key(weights[0], norm, gated, res)
     if key in _tuned and key in _tuned_s:
         return _tuned[key], _tuned_s[key]
-    best, best_t = GEMV_CONFIGS[0], math.inf
+    best: tuple[int, int, int] | str = GEMV_CONFIGS[0]
+    best_t = math.inf
     for cfg in (*GEMV_CONFIGS, "torch"):
         try:
             t = _time_graph(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from smolchat.errors import SamplingError
 
@@ -58,7 +58,7 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature < GREEDY_BELOW
 
-    def with_(self, **changes: object) -> SamplingParams:
+    def with_(self, **changes: Any) -> SamplingParams:
         """A copy with some settings changed (validated)."""
         return replace(self, **changes)
 

@@ -95,7 +95,7 @@ class GGUFFile:
                 f"cannot read {self.path.name} as a GGUF file ({exc}); pass a valid .gguf file"
             ) from None
         self.size = int(self.data.shape[0])
-        self._buf = memoryview(self.data)
+        self._buf = memoryview(self.data.data)  # the mapped bytes, no copy
         self._pos = 0
         try:
             self._parse()

@@ -79,6 +79,7 @@ def _pre_tokenizer(pre: str | None, file_name: str) -> tuple[Any, bool]:
     if style == "digits":
         digits = pre_tokenizers.Digits(individual_digits=True)
         return pre_tokenizers.Sequence([digits, byte_level]), False
+    assert pattern is not None  # every "split" style names its pattern
     split = pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False)
     return pre_tokenizers.Sequence([split, byte_level]), pre in IGNORE_MERGES
 

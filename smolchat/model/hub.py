@@ -67,11 +67,13 @@ def download(repo_id: str, revision: str | None, progress: Progress | None) -> P
     import huggingface_hub
     from huggingface_hub import errors as hf_errors
 
-    kwargs = dict(revision=revision, allow_patterns=HUB_FILES)
-    if progress is not None:
-        kwargs["tqdm_class"] = _progress_tqdm(progress)
+    tqdm_class = _progress_tqdm(progress) if progress is not None else None
     try:
-        path = Path(huggingface_hub.snapshot_download(repo_id, **kwargs))
+        path = Path(
+            huggingface_hub.snapshot_download(
+                repo_id, revision=revision, allow_patterns=HUB_FILES, tqdm_class=tqdm_class
+            )
+        )
     except (hf_errors.RepositoryNotFoundError, hf_errors.GatedRepoError) as exc:
         raise ModelLoadError(
             f"hub repo {repo_id} not found or not accessible ({type(exc).__name__}); check the "
@@ -81,7 +83,15 @@ def download(repo_id: str, revision: str | None, progress: Progress | None) -> P
         raise ModelLoadError(f"revision {revision!r} not found in {repo_id}") from None
     except Exception as exc:  # network down, hub unreachable, offline mode without cache
         try:
-            path = Path(huggingface_hub.snapshot_download(repo_id, local_files_only=True, **kwargs))
+            path = Path(
+                huggingface_hub.snapshot_download(
+                    repo_id,
+                    revision=revision,
+                    allow_patterns=HUB_FILES,
+                    tqdm_class=tqdm_class,
+                    local_files_only=True,
+                )
+            )
         except Exception:
             pass
         else:

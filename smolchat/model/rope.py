@@ -35,7 +35,7 @@ def _yarn(inv_freq: torch.Tensor, cfg: ModelConfig, original: int) -> tuple[torc
         return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(r.theta))
 
     low = max(math.floor(correction_dim(r.beta_fast)), 0)
-    high = min(math.ceil(correction_dim(r.beta_slow)), dim - 1)
+    high: float = min(math.ceil(correction_dim(r.beta_slow)), dim - 1)
     if low == high:
         high += 0.001
     ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
@@ -56,6 +56,8 @@ def _llama3(inv_freq: torch.Tensor, factor: float, low: float, high: float, orig
 
 class RotaryEmbedding(torch.nn.Module):
     """Produces float32 cos/sin for given positions (rotate-half layout)."""
+
+    inv_freq: torch.Tensor  # (hd/2,) float32, a non-persistent buffer
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()

@@ -178,10 +178,13 @@ def _assign(
             f"unexpected weight {name} in the checkpoint: it does not match the "
             f"{model.config.architecture} architecture of config.json"
         )
+    expected: tuple[int, ...]
     if isinstance(module, nn.Linear) and param_name == "weight":
         expected = (module.out_features, module.in_features)
     else:
-        expected = tuple(module._parameters[param_name].shape)
+        param = module._parameters[param_name]
+        assert param is not None  # checked above: the name is one of its parameters
+        expected = tuple(param.shape)
     if tuple(tensor.shape) != tuple(expected):
         raise ModelLoadError(
             f"weight {name} has shape {tuple(tensor.shape)}, config.json implies "

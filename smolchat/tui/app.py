@@ -111,7 +111,22 @@ class SmolchatApp(App[None]):
             spec = load_theme(name)
         except (KeyError, OSError):
             return False
-        theme = Theme(name=f"smolchat-{spec.name}", dark=spec.dark, **spec.palette)
+        p = spec.palette
+        theme = Theme(
+            name=f"smolchat-{spec.name}",
+            dark=spec.dark,
+            primary=p["primary"],
+            secondary=p.get("secondary"),
+            warning=p.get("warning"),
+            error=p.get("error"),
+            success=p.get("success"),
+            accent=p.get("accent"),
+            foreground=p.get("foreground"),
+            background=p.get("background"),
+            surface=p.get("surface"),
+            panel=p.get("panel"),
+            boost=p.get("boost"),
+        )
         self.register_theme(theme)
         self.stylesheet.add_source(spec.css, read_from=THEME_SOURCE, tie_breaker=THEME_PRIORITY)
         self.theme_name = spec.name

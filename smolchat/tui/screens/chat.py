@@ -136,7 +136,7 @@ class ChatScreen(Screen[None]):
     async def rebuild(self) -> None:
         """Show the session's history afresh (at start, and after /load, /undo, /clear, /drop)."""
         await self.conversation.remove_children()
-        widgets = []
+        widgets: list[UserMessage | AssistantMessage] = []
         for m in self.session.messages:
             if m["role"] == "user":
                 widgets.append(UserMessage(m["content"]))
