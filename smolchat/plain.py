@@ -8,10 +8,16 @@ reply is kept; Ctrl+C (or Ctrl+D) at the prompt quits.
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar, assert_never
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if sys.version_info >= (3, 11):
+    from typing import assert_never
+else:  # Python 3.10
+    from typing_extensions import assert_never
 
 from rich.console import Console
 from rich.markdown import Markdown

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, assert_never
+from typing import TYPE_CHECKING, Any
+
+if sys.version_info >= (3, 11):
+    from typing import assert_never
+else:  # Python 3.10
+    from typing_extensions import assert_never
 
 from textual import on, work
 from textual.app import ComposeResult
