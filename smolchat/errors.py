@@ -19,6 +19,14 @@ class ConfigError(ModelLoadError):
     """config.json is missing, malformed or describes an unsupported model."""
 
 
+class TaskError(ModelLoadError, ValueError):
+    """``load_pretrained``: an unknown task, or a checkpoint whose heads do not fit the task."""
+
+
+class TaskInputError(SmolchatError, ValueError):
+    """A task module was given input it cannot take (shapes, dtypes, padding)."""
+
+
 class DeviceError(SmolchatError):
     """The requested device or dtype is unavailable."""
 

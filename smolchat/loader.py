@@ -11,6 +11,7 @@ import torch
 from smolchat.engine.engine import Engine
 from smolchat.errors import DeviceError, ModelLoadError
 from smolchat.model.config import GenerationConfig, ModelConfig
+from smolchat.model.device import pick_device, pick_dtype
 from smolchat.model.hub import Progress, resolve
 from smolchat.model.weights import (
     build_on_meta,
@@ -19,52 +20,6 @@ from smolchat.model.weights import (
     load_weights,
     safetensors_files,
 )
-
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
-
-
-def pick_device(device: str) -> torch.device:
-    """``auto``: CUDA, else MPS, else CPU. An explicit device must be available."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        msg = f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps"
-        raise DeviceError(msg) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("CUDA was asked for but no CUDA GPU is available; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise DeviceError(
-            f"{device} does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
-        )
-    if dev.type == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise DeviceError("MPS was asked for but is not available; use --device cpu")
-    return dev
-
-
-def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on CUDA, fp16 on MPS, float32 on CPU (bf16 is no faster on CPUs)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return {"cuda": torch.bfloat16, "mps": torch.float16}.get(device.type, torch.float32)
-    if dtype not in DTYPES:
-        raise DeviceError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
-    return DTYPES[dtype]
 
 
 def load(

@@ -101,8 +101,18 @@ def build_smollm3(
     with_tokenizer: bool = True,
     v4_spelling: bool = False,
     dtype: str = "float32",
+    head: str = "ForCausalLM",
+    num_labels: int = 2,
+    extra_config: dict | None = None,
+    max_shard_size: str | None = None,
 ) -> Path:
-    """Write a tiny random checkpoint (config.json + model.safetensors [+ tokenizer])."""
+    """Write a tiny random checkpoint (config.json + model.safetensors [+ tokenizer]).
+
+    ``head``: the transformers class after SmolLM3 / Llama (``Model``, ``ForCausalLM``,
+    ``ForSequenceClassification``, ``ForTokenClassification``, ``ForQuestionAnswering``);
+    ``num_labels`` and ``extra_config`` go into its config; ``max_shard_size`` (e.g. "40KB")
+    writes shards and their index.
+    """
     import torch
     import transformers
 
@@ -121,6 +131,8 @@ def build_smollm3(
         bos_token_id=ids["<|begin_of_text|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|finetune_right_pad_id|>"],
+        num_labels=num_labels,
+        **(extra_config or {}),
     )
     rope = {"rope_type": "default", "rope_theta": 10000.0}
     if rope_scaling:
@@ -135,16 +147,19 @@ def build_smollm3(
             sliding_window=sliding_window,
             no_rope_layers=no_rope_layers,
         )
-        cls = transformers.SmolLM3ForCausalLM
+        cls = getattr(transformers, "SmolLM3" + head)
     else:
         cfg = transformers.LlamaConfig(**common, rope_parameters=rope)
-        cls = transformers.LlamaForCausalLM
+        cls = getattr(transformers, "Llama" + head)
     torch.manual_seed(seed)
     model = cls(cfg).to(getattr(torch, dtype))
     with torch.no_grad():  # larger random weights make differences visible
         for p in model.parameters():
             p.normal_(0.0, 0.1 if p.dim() > 1 else 0.5).add_(1.0 if p.dim() == 1 else 0.0)
-    model.save_pretrained(out)
+    if max_shard_size is None:
+        model.save_pretrained(out)
+    else:
+        model.save_pretrained(out, max_shard_size=max_shard_size)
     if v4_spelling:
         to_v4_spelling(out / "config.json")
     return out

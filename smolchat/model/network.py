@@ -56,7 +56,7 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         cache: KVCache | None,
         start: int,
-        mask: torch.Tensor | None,  # (T, S) bool, True = attend; None = plain causal
+        mask: torch.Tensor | None,  # (T, S) or (B, 1, T, S) bool, True = attend; None = causal
     ) -> torch.Tensor:
         b, t, _ = x.shape
         qkv = self.qkv_proj(x)
@@ -71,7 +71,7 @@ class Attention(nn.Module):
             k, v = cache.view(self.layer, start + t)  # (B, n_kv, S, hd)
         if self.window is not None and mask is not None:
             mask = _window(mask, start, self.window)
-        if mask is not None and self.window is None and t > 1 and q.device.type == "cuda":
+        if mask is not None and mask.dim() == 2 and self.window is None and t > 1 and q.is_cuda:
             y = _lower_right_causal(q, k, v, mask, self.gqa)
         else:
             y = F.scaled_dot_product_attention(
@@ -120,7 +120,8 @@ def _lower_right_causal(q, k, v, mask, gqa: bool) -> torch.Tensor:
 
 
 def _window(mask: torch.Tensor, start: int, window: int) -> torch.Tensor:
-    t, s = mask.shape
+    """``mask`` (T, S) or (B, 1, T, S) narrowed to the last ``window`` keys of each query."""
+    t, s = mask.shape[-2:]
     q_pos = torch.arange(start, start + t, device=mask.device)[:, None]
     k_pos = torch.arange(s, device=mask.device)[None, :]
     return mask & (k_pos > q_pos - window)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from torch import nn
@@ -18,6 +19,11 @@ from smolchat.errors import ModelLoadError
 from smolchat.model.config import ModelConfig
 from smolchat.model.network import CausalLM
 
+if TYPE_CHECKING:
+    from smolchat.model.heads import TaskModel
+
+# The chat's network, or a task module (heads.py): the same ``model.*`` decoder and ``rotary``.
+Net = TypeVar("Net", bound="CausalLM | TaskModel")
 Progress = Callable[[str, int, "int | None"], None]
 # Called for each linear weight (module name, the meta nn.Linear, full weight tensor on CPU);
 # returns a module that replaces the linear (e.g. a quantized one holding the weight on the
@@ -92,7 +98,7 @@ def build_on_meta(cfg: ModelConfig) -> CausalLM:
 
 
 def load_weights(
-    model: CausalLM,
+    model: Net,
     tensors: Iterator[tuple[str, torch.Tensor]],
     device: torch.device,
     dtype: torch.dtype,
@@ -100,7 +106,7 @@ def load_weights(
     total: int | None = None,
     progress: Progress | None = None,
     linear_hook: LinearHook | None = None,
-) -> CausalLM:
+) -> Net:
     """Assign every checkpoint tensor into ``model`` (built on meta); check nothing is missing.
 
     Weights stored apart but fused in the network (q/k/v, gate/up) are gathered on the CPU
@@ -133,11 +139,14 @@ def load_weights(
             f"the checkpoint has only {', '.join(sorted(got))} of {target}.{param_name}'s parts; "
             "re-download the model"
         )
-    if model.config.tie_word_embeddings:
+    lm_head = getattr(model, "lm_head", None)  # task modules other than causal-lm have none
+    if lm_head is None:
+        pass
+    elif model.config.tie_word_embeddings:
         model.tie_weights()
-    elif model.lm_head.weight.is_meta and not model.model.embed_tokens.weight.is_meta:
+    elif lm_head.weight.is_meta and not model.model.embed_tokens.weight.is_meta:
         # Some checkpoints omit lm_head while config says untied; tying is the only sane reading.
-        model.lm_head.weight = model.model.embed_tokens.weight
+        lm_head.weight = model.model.embed_tokens.weight
     missing = [n for n, p in model.named_parameters() if p.is_meta]
     if missing:
         raise ModelLoadError(
@@ -146,7 +155,8 @@ def load_weights(
         )
     # Buffers (RoPE frequencies) are computed, not loaded.
     model.rotary.inv_freq = _rotary_buffer(model, device)
-    return model.eval()
+    model.eval()
+    return model
 
 
 def _fused_target(modules: dict[str, nn.Module], module_name: str) -> tuple[str, list[str]] | None:
@@ -163,7 +173,7 @@ def _fused_target(modules: dict[str, nn.Module], module_name: str) -> tuple[str,
 
 
 def _assign(
-    model: CausalLM,
+    model: CausalLM | TaskModel,
     modules: dict[str, nn.Module],
     name: str,
     tensor: torch.Tensor,
@@ -204,7 +214,7 @@ def _assign(
     module._parameters[param_name] = nn.Parameter(value, requires_grad=False)
 
 
-def _rotary_buffer(model: CausalLM, device: torch.device) -> torch.Tensor:
+def _rotary_buffer(model: CausalLM | TaskModel, device: torch.device) -> torch.Tensor:
     from smolchat.model.rope import inv_frequencies
 
     inv_freq, scaling = inv_frequencies(model.config)
