@@ -369,3 +369,42 @@ def test_batch_without_pad_token_id(checkpoints, tmp_path):
         assert one.shape == (1, NUM_LABELS)
         with pytest.raises(TaskInputError, match="pad_token_id"):
             mine(ids.repeat(2, 1))
+
+
+# --- CUDA (skipped elsewhere) --------------------------------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+@pytest.mark.parametrize("config", ["nope-gqa", "sliding-window"])
+@pytest.mark.parametrize("task", ["base", "sequence-classification", "question-answering"])
+@torch.inference_mode()
+def test_cuda_padded_batches(tmp_path, hf_tokenizer, config, task):
+    """On the GPU: float32 equal to transformers there, bf16 as close as transformers' bf16,
+    left and right padding (padding queries attend to nothing: no NaN may reach real tokens)."""
+    folder = build(tmp_path, task, **CONFIGS[config])
+    truth = reference(folder, task).cuda()
+    theirs = reference(folder, task, torch.bfloat16).cuda()
+    mine32 = load_pretrained(folder, task, device="cuda", dtype="float32")
+    mine16 = load_pretrained(folder, task, device="cuda")  # auto: bf16 on CUDA
+    assert mine16.dtype == torch.bfloat16 and mine16.device.type == "cuda"
+    for side in ("left", "right"):
+        batch = {k: v.cuda() for k, v in encode(hf_tokenizer, side).items()}
+        real = batch["attention_mask"].bool()
+        expected = reference_outputs(truth, task, batch)
+        for g, e in zip(our_outputs(mine32, batch), expected, strict=True):
+            assert torch.isfinite(g).all()
+            assert (g - e).abs().max().item() <= TOL
+        for o, h, f in zip(
+            our_outputs(mine16, batch),
+            reference_outputs(theirs, task, batch),
+            expected,
+            strict=True,
+        ):
+            assert torch.isfinite(o).all()
+            if o.dim() >= 2 and o.shape[:2] == real.shape:
+                o, h, f = o[real], h[real], f[real]
+            our_err, their_err = (o.float() - f).abs(), (h.float() - f).abs()
+            assert our_err.mean() <= 2 * their_err.mean(), (our_err.mean(), their_err.mean())
+            assert our_err.max() <= 0.08 * f.abs().max(), (our_err.max(), f.abs().max())
