@@ -14,8 +14,10 @@ from textual import on
 from textual.app import App
 from textual.binding import Binding
 from textual.message import Message
+from textual.screen import ModalScreen
 from textual.theme import Theme
 
+from smolchat import clipboard
 from smolchat.errors import SmolchatError, is_out_of_memory, out_of_memory_line
 from smolchat.tui.screens.chat import ChatScreen
 from smolchat.tui.screens.loading import LoadingScreen
@@ -68,7 +70,8 @@ class SmolchatApp(App[None]):
             "Stop / quit",
             show=False,
             priority=True,
-            tooltip="stop the reply (when idle: quit)",
+            tooltip="copy the selection; else stop the reply; else clear the draft (Ctrl+Z brings "
+            "it back); on an empty prompt, twice within 2 s: quit",
         ),
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True, tooltip="quit"),
     ]
@@ -89,6 +92,7 @@ class SmolchatApp(App[None]):
         super().__init__()
         self.options = options
         self.error: str | None = None
+        self.last_copy: clipboard.CopyReport | None = None
         self.theme_name = DEFAULT_THEME
         self._quitting = threading.Event()
         self._switch_interval = sys.getswitchinterval()  # restored when the app ends
@@ -222,12 +226,32 @@ class SmolchatApp(App[None]):
         sys.setswitchinterval(self._switch_interval)
 
     def action_stop_or_quit(self) -> None:
-        """Ctrl+C: stop the reply being generated; quit when idle."""
+        """Ctrl+C: on the chat screen see :meth:`ChatScreen.interrupt`; a dialog closes; while
+        loading, quit."""
         screen = self.screen
-        if isinstance(screen, ChatScreen) and screen.generating:
-            screen.action_stop()
+        if isinstance(screen, ChatScreen):
+            screen.interrupt()
+        elif isinstance(screen, ModalScreen):
+            screen.dismiss()
         else:
             self.exit()
+
+    # ---- clipboard --------------------------------------------------------------------
+    def copy_to_clipboard(self, text: str) -> None:
+        """Every copy of the app (the text area's own included) goes through
+        :func:`smolchat.clipboard.copy`: OSC 52 (wrapped inside tmux) and a clipboard tool."""
+        self.copy_text(text, "the selection")
+
+    def copy_text(self, text: str, what: str) -> clipboard.CopyReport:
+        """Copy ``text`` and tell the user how (or why it failed); ``what`` names it."""
+        self._clipboard = text  # what Ctrl+V pastes inside the app
+        driver = self._driver
+        report = clipboard.copy(text, terminal=driver.write if driver is not None else None)
+        self.last_copy = report
+        self.notify(
+            report.describe(what), severity="information" if report.ok else "error", markup=False
+        )
+        return report
 
     def exit(self, *args: Any, **kwargs: Any) -> None:
         self._quitting.set()  # a load in progress stops at its next progress report

@@ -102,7 +102,7 @@ async def test_reasoning_show_hide_command_and_key() -> None:
         await submit(pilot, "/reasoning hide", wait=False)
         await pilot.pause()
         assert box.collapsed and second.collapsed
-        await pilot.press("ctrl+r")
+        await pilot.press("f2")
         assert not box.collapsed and screen.show_reasoning
         assert "Reasoning shown by default." in texts(notes)
 
@@ -145,13 +145,17 @@ async def test_escape_stops_within_a_token_and_keeps_the_partial_reply() -> None
 async def test_ctrl_c_stops_a_reply_then_quits_when_idle() -> None:
     engine = FakeEngine(long_reply, delay=0.05)
     app = make_app(engine)
-    async with running(app) as (pilot, _):
+    async with running(app) as (pilot, notes):
         screen = await submit(pilot, "count", wait=False)
         await wait_for(pilot, lambda: replies(screen) and replies(screen)[0].answer_text)
         await pilot.press("ctrl+c")
         await idle(pilot, screen)
         assert screen.session.messages[-1]["finish_reason"] == "cancelled"
         assert app.is_running
+        await pilot.press("ctrl+c")  # idle, empty prompt: the first press only warns
+        await pilot.pause()
+        assert app.is_running
+        assert "Press Ctrl+C again to quit (Ctrl+Q quits at once)." in texts(notes)
         await pilot.press("ctrl+c")
         await wait_for(pilot, lambda: not app.is_running)
     assert app.return_code == 0 and app.error is None
@@ -230,7 +234,7 @@ async def test_copy_last_reply_and_code_block() -> None:
         await submit(pilot, "code please")
         await pilot.press("ctrl+y")
         assert app.clipboard == screen.session.messages[-1]["content"]
-        await pilot.press("ctrl+b")
+        await pilot.press("ctrl+o")
         assert app.clipboard == "def add(a, b):\n    return a + b\n"
 
 

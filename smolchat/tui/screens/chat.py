@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 StreamFactory = Callable[[], Iterator[ChatEvent]]
 FRAME_S = 1 / 30  # the worker posts streamed text at most this often
+QUIT_WINDOW_S = 2.0  # Ctrl+C on an empty prompt quits only if pressed again within this
 
 
 class ChatScreen(Screen[None]):
@@ -58,8 +59,8 @@ class ChatScreen(Screen[None]):
     BINDINGS = [
         Binding("escape", "stop", "Stop", tooltip="stop the reply"),
         Binding("ctrl+y", "copy_reply", "Copy reply", priority=True, tooltip="copy the last reply"),
-        Binding("ctrl+b", "copy_code", "Copy code", tooltip="copy the last code block"),
-        Binding("ctrl+r", "toggle_reasoning", "Reasoning", tooltip="show / hide reasoning"),
+        Binding("ctrl+o", "copy_code", "Copy code", tooltip="copy the last code block"),
+        Binding("f2", "toggle_reasoning", "Reasoning", tooltip="show / hide reasoning"),
         Binding("ctrl+t", "toggle_think", "Think", tooltip="think / no_think"),
         Binding("f1", "help", "Help", tooltip="this help"),
     ]
@@ -99,6 +100,7 @@ class ChatScreen(Screen[None]):
         # so a busy UI gets fewer, larger chunks instead of a queue (and leaves CPU to the model)
         self._drawn = threading.Event()
         self._drawn.set()
+        self._quit_armed_at = -QUIT_WINDOW_S  # monotonic time of the last idle Ctrl+C
 
     # ---- layout -----------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -384,6 +386,35 @@ class ChatScreen(Screen[None]):
                 if worker.group == "generate":
                     worker.cancel()
 
+    def interrupt(self) -> None:
+        """Ctrl+C: copy the selection if there is one; else stop the streaming reply; else
+        clear a non-empty draft (Ctrl+Z or Up brings it back); on an empty prompt, quit only
+        when pressed twice within QUIT_WINDOW_S (the first press says so)."""
+        selected = self.prompt.selected_text or (self.get_selected_text() or "")
+        if selected:
+            self.app.copy_text(selected, "the selection")  # type: ignore[attr-defined]
+            self.clear_selection()
+            return
+        if self.generating:
+            self.action_stop()
+            return
+        draft = self.prompt.text
+        if draft.strip():
+            self.prompt.remember(draft.strip())
+            self.prompt.clear()  # an edit: Ctrl+Z undoes it
+            self.notify("Draft cleared: Ctrl+Z or ↑ brings it back.", markup=False)
+            return
+        now = time.monotonic()
+        if now - self._quit_armed_at <= QUIT_WINDOW_S:
+            self.app.exit()
+            return
+        self._quit_armed_at = now
+        self.notify(
+            "Press Ctrl+C again to quit (Ctrl+Q quits at once).",
+            timeout=QUIT_WINDOW_S,
+            markup=False,
+        )
+
     def _last_reply(self) -> AssistantMessage | None:
         replies = [r for r in self.conversation.query(AssistantMessage) if r.answer_text]
         return replies[-1] if replies else None
@@ -393,17 +424,15 @@ class ChatScreen(Screen[None]):
         if reply is None:
             self.notify("No reply to copy yet.", severity="warning", markup=False)
             return
-        self.app.copy_to_clipboard(reply.answer_text)
-        self.notify(f"Copied the last reply ({len(reply.answer_text):,} characters).", markup=False)
+        self.app.copy_text(reply.answer_text, "the last reply")  # type: ignore[attr-defined]
 
     def action_copy_code(self) -> None:
         for reply in reversed(list(self.conversation.query(AssistantMessage))):
             blocks = reply.code_blocks()
             if blocks:
-                self.app.copy_to_clipboard(blocks[-1])
-                self.notify(
-                    f"Copied a code block ({len(blocks[-1].splitlines())} lines).", markup=False
-                )
+                lines = len(blocks[-1].splitlines())
+                what = f"the last code block ({lines} line{'s' if lines != 1 else ''})"
+                self.app.copy_text(blocks[-1], what)  # type: ignore[attr-defined]
                 return
         self.notify("No code block to copy.", severity="warning", markup=False)
 
