@@ -205,8 +205,93 @@ def test_an_open_code_fence_is_closed_for_display(tmp_path: Path) -> None:
                  "content": cut, "finish_reason": "cancelled"}])  # fmt: skip
     text = write_transcript(tmp_path / "f.md", data).read_text()
     after = text.split(cut, 1)[1]
-    assert re.search(r"-->\n````\n", after)  # closing fence right after the text's end marker
+    assert re.match(r"\n````\n<!-- smolchat:[0-9a-f]{16} end -->", after)  # closed, then marker
+    code = [t for t in _markdown(text) if t.type == "fence" and "print(1)" in t.content]
+    assert code and code[0].content == "print(1)\n"  # the marker is not in the code block
     assert read_transcript(tmp_path / "f.md").messages[1]["content"] == cut
+
+
+# --- rendered by a CommonMark parser ---------------------------------------------------------
+
+
+def _markdown(text: str) -> list:
+    """Block tokens, with inline children flattened in, of ``text`` as CommonMark."""
+    from markdown_it import MarkdownIt
+
+    out = []
+    for token in MarkdownIt("commonmark").parse(text):
+        out.append(token)
+        out.extend(token.children or [])
+    return out
+
+
+def _visible(tokens: list) -> str:
+    """What a reader sees as text (raw HTML and comments left out)."""
+    kinds = ("text", "code_inline", "fence", "code_block")
+    return "\n".join(t.content for t in tokens if t.type in kinds)
+
+
+def _typed(text: str) -> bool:
+    return not any(c in text for c in "\r\x00") and not tr._has_lone_surrogate(text)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=transcripts)
+def test_rendered_markdown_shows_user_text_as_typed_and_never_a_marker(data: Transcript) -> None:
+    text = render_transcript(data)
+    tokens = _markdown(text)
+    nonce = text.split()[3]  # of the first line, <!-- smolchat-transcript v1 NONCE -->
+    assert nonce not in _visible(tokens)  # no machine marker inside a code block or text
+    fences = [t.content for t in tokens if t.type == "fence"]
+    for msg in data.messages:
+        content = msg["content"]
+        if msg["role"] == "user" and content and _typed(content):
+            assert content + "\n" in fences  # a code block holding exactly the text typed
+    if data.system_prompt and _typed(data.system_prompt):
+        assert data.system_prompt + "\n" in fences
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        "Show <think> and **bold** and # not a header",
+        "what's 2*3? and a_b_c",
+        "`code` & [link](x) | ~~strike~~ \\ back",
+        "plain words only",
+    ],
+)
+def test_title_is_the_text_typed_without_backslashes(first: str) -> None:
+    text = render_transcript(sample(messages=[{"role": "user", "content": first}]))
+    heading = text.splitlines()[1]
+    assert heading.count("\\") == first.count("\\")  # nothing added
+    tokens = _markdown(text)
+    start = next(i for i, t in enumerate(tokens) if t.type == "heading_open")
+    inline = tokens[start + 1]
+    shown = "".join(c.content for c in inline.children if c.type in ("text", "code_inline"))
+    assert shown == f"smolchat · {first}"
+
+
+def test_user_markdown_and_tags_render_as_typed(tmp_path: Path) -> None:
+    typed = "<think>\n# not a header\n**not bold** <b>x</b>\n```\nnot code\n```"
+    data = sample(messages=[{"role": "user", "content": typed}], system_prompt="Be *brief*.")
+    path = write_transcript(tmp_path / "u.md", data)
+    tokens = _markdown(path.read_text())
+    assert typed + "\n" in [t.content for t in tokens if t.type == "fence"]
+    assert "Be *brief*.\n" in [t.content for t in tokens if t.type == "fence"]
+    assert not [t for t in tokens if t.type in ("strong_open", "html_inline") and t.level > 0]
+    assert read_transcript(path).messages[0]["content"] == typed
+
+
+def test_transcripts_written_by_0_1_0_still_load() -> None:
+    old = read_transcript(ROOT / "tests/fixtures/transcripts/written-by-0.1.0.md")
+    assert old.system_prompt == "Be *brief*."
+    assert [m["content"] for m in old.messages] == [
+        "Show <think> and **bold** and # not a header",
+        "Here:\n````python\nprint(1)",
+        "thanks",
+        "You're welcome.",
+    ]
+    assert old.messages[1]["reasoning"] == "They want code."
 
 
 # --- atomic writes --------------------------------------------------------------------------

@@ -120,10 +120,7 @@ def _has_lone_surrogate(text: str) -> bool:
 
 def _inline(text: str, limit: int = 80) -> str:
     """``text`` on one line, shortened and escaped for Markdown prose."""
-    line = " ".join(text.split())
-    if len(line) > limit:
-        line = line[: limit - 1].rstrip() + "…"
-    line = line.encode("utf-8", "replace").decode("utf-8")
+    line = _inline_raw(text, limit)
     return re.sub(r"([\\`*\[\]<>|#&!])", r"\\\1", line)
 
 
@@ -139,7 +136,7 @@ def _code_span(text: str) -> str:
 def _unclosed_fence(text: str) -> str | None:
     """The fence line that would close a code block left open at the end of ``text``."""
     open_fence: tuple[str, int] | None = None
-    for line in text.split("\n"):
+    for line in re.split(r"\r\n|\r|\n", text):  # CommonMark's line endings
         m = re.match(r" {0,3}(`{3,}|~{3,})(.*)$", line)
         if not m:
             continue
@@ -153,6 +150,27 @@ def _unclosed_fence(text: str) -> str | None:
     if open_fence is None:
         return None
     return open_fence[0] * open_fence[1]
+
+
+def _fence_for(text: str) -> str:
+    """A backtick fence longer than any backtick run in ``text`` (so nothing inside closes it)."""
+    runs = [len(r) for r in re.findall(r"`+", text)]
+    return "`" * max(3, max(runs, default=0) + 1)
+
+
+def _title(text: str) -> str:
+    """The heading's title: the first words as typed; a code span where Markdown would act."""
+    line = _inline_raw(text, 60)
+    if re.search(r"[\\`*_\[\]<>&!#|~]", line):
+        return _code_span(line)
+    return line
+
+
+def _inline_raw(text: str, limit: int) -> str:
+    line = " ".join(text.split())
+    if len(line) > limit:
+        line = line[: limit - 1].rstrip() + "…"
+    return line.encode("utf-8", "replace").decode("utf-8")
 
 
 def _fmt_stats(msg: dict[str, Any]) -> str:
@@ -191,13 +209,38 @@ class _Writer:
         self.line(f"<!-- smolchat:{self.nonce} {kind}{tail} -->")
         self.markers += 1
 
-    def text(self, field_name: str, text: str) -> None:
-        self.marker("text", {"field": field_name})
+    def display_only(self, text: str) -> None:
+        """A text kept in the JSON (it cannot be written as UTF-8), shown as a code block."""
+        text = text.encode("utf-8", "replace").decode("utf-8")
+        fence = _fence_for(text)
+        self.line(fence)
+        self.line(text)
+        self.line(fence)
+
+    def text(self, field_name: str, text: str, *, literal: bool = False) -> None:
+        """``text`` verbatim between a text and an end marker.
+
+        ``literal``: shown as typed, in a fenced code block (user text: its ``<think>``, ``**``
+        or ``#`` are not Markdown). Otherwise a code block the text leaves open is closed
+        before the end marker, so that the marker never shows inside it. Either way the
+        text marker names the added lines (``fence`` / ``close``) and the loader strips them.
+        """
+        spec: dict[str, str] = {"field": field_name}
+        before = after = ""
+        if literal:
+            before = after = _fence_for(text)
+            spec["fence"] = before
+        else:
+            close = _unclosed_fence(text)
+            if close:
+                after = spec["close"] = close
+        self.marker("text", spec)
+        if before:
+            self.line(before)
         self.out.append(text + "\n")
+        if after:
+            self.line(after)
         self.marker("end")
-        fence = _unclosed_fence(text)
-        if fence:  # keep the rest of the file out of a code block left open (display only)
-            self.line(fence)
 
 
 def _split_text_fields(msg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -221,7 +264,7 @@ def _render(data: Transcript, nonce: str) -> tuple[str, int]:
     w = _Writer(nonce)
     w.line(f"<!-- smolchat-transcript v{FORMAT_VERSION} {nonce} -->")
     first_user = next((m for m in data.messages if m.get("role") == "user"), None)
-    title = _inline(str(first_user.get("content", "")), 60) if first_user else "new conversation"
+    title = _title(str(first_user.get("content", ""))) if first_user else "new conversation"
     w.line(f"# smolchat · {title or 'conversation'}")
     w.line()
     s = data.settings
@@ -255,9 +298,9 @@ def _render(data: Transcript, nonce: str) -> tuple[str, int]:
     if sys_prompt is None:
         w.line("*(none: the model's default)*")
     elif "system_prompt" in meta:
-        w.line(_inline(sys_prompt, 10_000))
+        w.display_only(sys_prompt)
     else:
-        w.text("system_prompt", sys_prompt)
+        w.text("system_prompt", sys_prompt, literal=True)
     turn = 0
     for msg in data.messages:
         role = msg.get("role")
@@ -274,7 +317,7 @@ def _render(data: Transcript, nonce: str) -> tuple[str, int]:
         w.marker("message", json_part)
         for key in TEXT_FIELDS:  # human view of texts that had to go into the JSON
             if isinstance(json_part.get(key), str) and json_part[key]:
-                w.line(_inline(json_part[key], 10_000))
+                w.display_only(json_part[key])
         if texts.get("reasoning"):
             w.line("<details><summary>Reasoning</summary>")
             w.line()
@@ -283,7 +326,7 @@ def _render(data: Transcript, nonce: str) -> tuple[str, int]:
             w.line("</details>")
             w.line()
         if "content" in texts:
-            w.text("content", texts["content"])
+            w.text("content", texts["content"], literal=role == "user")
         for key, value in texts.items():
             if key not in ("reasoning", "content"):
                 w.text(key, value)
@@ -412,6 +455,17 @@ def _parse_json(path: Path, payload: str | None, line: int) -> Any:
         raise _bad(path, f"broken marker data on line {line}") from None
 
 
+def _strip_display(value: str, spec: dict[str, Any]) -> str:
+    """A text block without the display-only fence lines its marker names (if still there)."""
+    fence, close = spec.get("fence"), spec.get("close")
+    if isinstance(fence, str) and fence:
+        if value.startswith(fence + "\n") and value.endswith("\n" + fence):
+            value = value[len(fence) + 1 : -(len(fence) + 1)]
+    elif isinstance(close, str) and close and value.endswith("\n" + close):
+        value = value[: -(len(close) + 1)]
+    return value
+
+
 def read_transcript(path: Path) -> Transcript:
     """Load a transcript written by :func:`write_transcript`; TranscriptError if malformed."""
     path = user_path(path)
@@ -480,7 +534,7 @@ def read_transcript(path: Path) -> Transcript:
                 raise _bad(path, f"the text starting on line {line} is not closed")
             if text[end.start() - 1] != "\n":
                 raise _bad(path, f"the text starting on line {line} is not closed")
-            value = text[start : end.start() - 1]
+            value = _strip_display(text[start : end.start() - 1], spec)
             if name == "system_prompt" and current is None:
                 data.system_prompt = value
             elif current is not None and name in TEXT_FIELDS:
