@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from smolchat import __version__
+from smolchat.chat.attachments import DEFAULT_MAX_FILE_KB
+from smolchat.chat.config import Effective
 from smolchat.engine.types import SamplingParams
 from smolchat.errors import SamplingError, SmolchatError, is_out_of_memory, out_of_memory_line
 
 if TYPE_CHECKING:
+    from smolchat.chat.library import ChatEntry
     from smolchat.chat.session import ChatSession
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM3-3B"
@@ -53,11 +58,16 @@ class RunConfig:
     theme: str | None = None
     transcripts: Path | None = None
     autosave: bool = True
-    resume: bool = False
+    resume: str | None = None  # None: a new chat; "": the newest; else an id, prefix or path
     prompt: str | None = None
     show_reasoning: bool = False
     plain: bool = False
     debug: bool = False
+    files: list[Path] = field(default_factory=list)  # -f: attached to the -p message
+    max_file_kb: int = DEFAULT_MAX_FILE_KB
+    effective: Effective | None = None  # every setting with its source (None: built directly)
+    notes: list[str] = field(default_factory=list)  # for the user, once the chat starts
+    resume_path: Path | None = None  # what ``resume`` named, once resolved
 
 
 def _version(value: bool) -> None:
@@ -66,10 +76,10 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-def _check_device(value: str) -> str:
+def _check_device(value: str | None) -> str | None:
     import re
 
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+    if value is not None and not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
         raise typer.BadParameter(f"{value!r} is not a device; use {DEVICE_HELP}")
     return value
 
@@ -98,27 +108,74 @@ def _themes_help() -> str:
 _THEMES_HELP = _themes_help()
 
 
+# ---- sub-commands ----------------------------------------------------------------------
+# ``smolchat NAME ...`` where NAME is a key here runs that sub-command; anything else is the
+# chat (a model folder named like a sub-command is given as ./chats). Adding one is one
+# decorated function: @subcommand("serve", "...").
+SUBCOMMANDS: dict[str, typer.Typer] = {}
+_CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+def subcommand(name: str, help: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register ``fn`` as ``smolchat NAME`` (its parameters are its options, as with typer)."""
+
+    def register(fn: Callable[..., None]) -> Callable[..., None]:
+        app = typer.Typer(
+            add_completion=False, pretty_exceptions_enable=False, context_settings=_CONTEXT
+        )
+        app.command(name=name, help=help)(fn)
+        SUBCOMMANDS[name] = app
+        return fn
+
+    return register
+
+
+class _Dispatch(TyperCommand):
+    """The chat command, which hands ``smolchat SUBCOMMAND ...`` to that sub-command."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        for i, arg in enumerate(argv):  # a bare --resume (last, or before an option): the newest
+            if arg == "--":
+                break
+            if arg == "--resume" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+                argv[i] = "--resume="
+        if argv and argv[0] in SUBCOMMANDS:
+            command = typer.main.get_command(SUBCOMMANDS[argv[0]])
+            name = f"{prog_name or 'smolchat'} {argv[0]}"
+            return command.main(argv[1:], prog_name=name, **extra)
+        return super().main(argv, prog_name=prog_name, **extra)
+
+
 cli = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings=_CONTEXT,
     help="A terminal chat for SmolLM3, running in-process on PyTorch.",
 )
 
 SAMPLING = "Sampling"
 MODEL = "Model"
 CHAT = "Chat"
+EPILOG = (
+    "Also: smolchat chats (the saved conversations: list, --search, --restore), "
+    "smolchat config (the settings in force and where each came from). "
+    "Defaults come from the config file, then SMOLCHAT_* variables; options win over both."
+)
 
 
-@cli.command()
+@cli.command(cls=_Dispatch, epilog=EPILOG)
 def chat(
     model: Annotated[
-        str, typer.Argument(help="Hub id, local folder or .gguf file.", show_default=True)
-    ] = DEFAULT_MODEL,
+        str | None,
+        typer.Argument(help=f"Hub id, local folder or .gguf file [default: {DEFAULT_MODEL}]."),
+    ] = None,
     device: Annotated[
-        str, typer.Option(help=DEVICE_HELP, callback=_check_device, rich_help_panel=MODEL)
-    ] = "auto",
-    dtype: Annotated[DType, typer.Option(case_sensitive=False, rich_help_panel=MODEL)] = DType.auto,
+        str | None, typer.Option(help=DEVICE_HELP, callback=_check_device, rich_help_panel=MODEL)
+    ] = None,
+    dtype: Annotated[
+        DType | None, typer.Option(case_sensitive=False, rich_help_panel=MODEL)
+    ] = None,
     quantize: Annotated[
         Quantize | None,
         typer.Option(help="Quantize the weights (4-bit NF4).", rich_help_panel=MODEL),
@@ -149,6 +206,10 @@ def chat(
     seed: Annotated[
         int | None, typer.Option(min=0, help="Repeatable sampling.", rich_help_panel=SAMPLING)
     ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(help="A \\[presets.NAME] table of the config file.", rich_help_panel=CHAT),
+    ] = None,
     theme: Annotated[
         str | None,
         typer.Option(help=_THEMES_HELP, callback=_check_theme, rich_help_panel=CHAT),
@@ -157,23 +218,47 @@ def chat(
         Path | None,
         typer.Option(help="Folder for transcripts.", file_okay=False, rich_help_panel=CHAT),
     ] = None,
-    no_autosave: Annotated[
-        bool, typer.Option("--no-autosave", help="Save only on /save.", rich_help_panel=CHAT)
-    ] = False,
+    autosave: Annotated[
+        bool | None,
+        typer.Option(
+            "--autosave/--no-autosave",
+            help="Save after every reply (--no-autosave: only on /save).",
+            rich_help_panel=CHAT,
+        ),
+    ] = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the latest transcript.", rich_help_panel=CHAT)
-    ] = False,
+        str | None,
+        typer.Option(
+            "--resume",
+            metavar="[ID|PATH]",
+            help="Continue a saved chat: the newest, or one named by id (smolchat chats) or path.",
+            rich_help_panel=CHAT,
+        ),
+    ] = None,
     prompt: Annotated[
         str | None,
         typer.Option(
             "-p", "--prompt", help="Answer this (- reads stdin), print the answer alone, exit."
         ),
     ] = None,
+    file: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "-f", "--file", help="With -p: put this text file into the message (repeatable)."
+        ),
+    ] = None,
+    max_file_kb: Annotated[
+        int | None, typer.Option(min=1, help="Largest file -f and /read accept, in KB.")
+    ] = None,
     show_reasoning: Annotated[
         bool, typer.Option("--show-reasoning", help="With -p: write the reasoning to stderr.")
     ] = False,
     plain: Annotated[
         bool, typer.Option("--plain", help="A plain line REPL instead of the TUI.")
+    ] = False,
+    print_config: Annotated[
+        bool,
+        typer.Option("--print-config", help="Show the settings in force and their sources; exit."),
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
     version: Annotated[
@@ -183,41 +268,188 @@ def chat(
 ) -> None:
     """Chat with SmolLM3 (or another SmolLM / Llama model) in the terminal."""
     given = {
+        "model": model,
+        "device": device,
+        "dtype": dtype.value if dtype else None,
+        "quantize": quantize.value if quantize else None,
+        "system": system,
+        "think": think,
         "temperature": temperature,
         "top_p": top_p,
         "top_k": top_k,
         "min_p": min_p,
         "repetition_penalty": repetition_penalty,
         "seed": seed,
+        "max_new_tokens": max_new_tokens,
+        "theme": theme,
+        "transcripts": transcripts,
+        "autosave": autosave,
+        "max_file_kb": max_file_kb,
+        "preset": preset,
     }
-    sampling = {k: v for k, v in given.items() if v is not None}
+    command_line = {k: v for k, v in given.items() if v is not None}
+    sampling = {k: v for k, v in command_line.items() if k in SAMPLING_KEYS}
     try:
         SamplingParams().with_(**sampling)
     except SamplingError as error:
         name = next((n for n in sampling if str(error).startswith(n)), None)
         hint = f"--{name.replace('_', '-')}" if name else None
         raise typer.BadParameter(str(error), param_hint=hint) from None
+    try:
+        effective = effective_settings(command_line)
+    except SmolchatError as error:
+        if debug:
+            traceback.print_exc()
+        _error_line(str(error))
+        raise typer.Exit(1) from None
+    if print_config:
+        _print_config(effective)
+        raise typer.Exit(0)
+    if file and prompt is None:
+        raise typer.BadParameter("-f/--file goes with -p (in a chat, use /read PATH)")
     if prompt == "-":
         prompt = read_stdin().removesuffix("\n").removesuffix("\r")
-    config = RunConfig(
-        model=model,
-        device=device,
-        dtype=dtype.value,
-        quantize=quantize.value if quantize else None,
-        system=system,
-        think=think,
-        sampling=sampling,
-        max_new_tokens=max_new_tokens,
-        theme=theme,
-        transcripts=transcripts,
-        autosave=not no_autosave,
-        resume=resume,
-        prompt=prompt,
-        show_reasoning=show_reasoning,
-        plain=plain,
-        debug=debug,
-    )
+    config = run_config(effective)
+    config.resume = resume
+    config.prompt = prompt
+    config.files = list(file or [])
+    config.show_reasoning = show_reasoning
+    config.plain = plain
+    config.debug = debug
     raise typer.Exit(run(config))
+
+
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed")
+
+
+def effective_settings(command_line: dict[str, Any]) -> Effective:
+    """Command line > SMOLCHAT_* > preset > config file; a theme from a file is checked here."""
+    from smolchat.chat.config import SettingsError, resolve
+    from smolchat.tui.themes import available_themes
+
+    effective = resolve(command_line)
+    theme = effective.get("theme")
+    if theme is not None and theme not in available_themes():
+        raise SettingsError(
+            f"{effective.sources['theme']}: unknown theme {theme!r}; "
+            f"themes: {', '.join(available_themes())}"
+        )
+    return effective
+
+
+def run_config(effective: Effective) -> RunConfig:
+    """The RunConfig for the settings in force (before the mode-only options)."""
+    values = effective.values
+    quantize = values.get("quantize")
+    return RunConfig(
+        model=values.get("model", DEFAULT_MODEL),
+        device=values.get("device", "auto"),
+        dtype=values.get("dtype", "auto"),
+        quantize=None if quantize in (None, "none") else quantize,
+        system=values.get("system"),
+        think=values.get("think"),
+        sampling={k: values[k] for k in SAMPLING_KEYS if k in values},
+        max_new_tokens=values.get("max_new_tokens"),
+        theme=values.get("theme"),
+        transcripts=values.get("transcripts"),
+        autosave=values.get("autosave", True),
+        max_file_kb=values.get("max_file_kb", DEFAULT_MAX_FILE_KB),
+        effective=effective,
+    )
+
+
+def _print_config(effective: Effective) -> None:
+    config = effective.config
+    if config is not None:
+        state = "" if config.exists else " (not found: the built-in defaults)"
+        typer.echo(f"config file: {config.path}{state}")
+        if config.presets:
+            typer.echo(f"presets: {', '.join(config.presets)}")
+    rows = effective.table()
+    width = max(len(k) for k, _, _ in rows)
+    value_width = min(40, max(len(v) for _, v, _ in rows))
+    for key, value, source in rows:
+        shown_value = value if len(value) <= 40 else value[:39] + "…"
+        typer.echo(f"{key:<{width}}  {shown_value:<{value_width}}  {source}")
+
+
+@subcommand(
+    "config", "Show the settings in force (config file, SMOLCHAT_*) and where each came from."
+)
+def config_command() -> None:
+    try:
+        effective = effective_settings({})
+    except SmolchatError as error:
+        _error_line(str(error))
+        raise typer.Exit(1) from None
+    _print_config(effective)
+
+
+@subcommand("chats", "The saved conversations, newest first: list, search, delete, restore.")
+def chats_command(
+    search: Annotated[
+        str | None,
+        typer.Option("--search", "-s", help="Only chats with a message containing this."),
+    ] = None,
+    transcripts: Annotated[
+        Path | None, typer.Option(help="The transcripts folder.", file_okay=False)
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines for scripts.")] = False,
+    trash: Annotated[bool, typer.Option("--trash", help="List the trash instead.")] = False,
+    delete: Annotated[
+        str | None, typer.Option(metavar="ID", help="Move this chat to the trash.")
+    ] = None,
+    restore: Annotated[
+        str | None, typer.Option(metavar="ID", help="Bring this chat back from the trash.")
+    ] = None,
+) -> None:
+    from smolchat.chat.library import ChatLibrary
+
+    try:
+        folder = transcripts
+        if folder is None:
+            folder = effective_settings({}).get("transcripts")
+        library = ChatLibrary(folder)
+        if delete is not None or restore is not None:
+            moved = library.delete(delete) if delete is not None else library.restore(restore or "")
+            verb = "moved to the trash" if delete is not None else "restored"
+            typer.echo(f"{moved.name} {verb} (smolchat chats --{'restore' if delete else 'trash'})")
+            return
+        if search is not None:
+            hits = library.search(search, limit=limit)
+            rows = [(h.entry, h) for h in hits]
+        else:
+            rows = [(e, None) for e in library.entries(limit, trash=trash)]
+    except SmolchatError as error:
+        _error_line(str(error))
+        raise typer.Exit(1) from None
+    if as_json:
+        import json
+
+        for entry, hit in rows:
+            typer.echo(json.dumps(hit.to_json() if hit else entry.to_json(), ensure_ascii=False))
+        return
+    if not rows:
+        where = "the trash" if trash else str(library.root)
+        what = f"no chat mentions {search!r}" if search is not None else "no saved chats"
+        typer.echo(f"{what} in {where}", err=True)
+        return
+    from smolchat.chat.text import printable
+
+    for entry, hit in rows:
+        typer.echo(printable(_chat_line(entry)))
+        if hit is not None:
+            typer.echo(printable(f"    {hit.where}: {hit.snippet}"))
+
+
+def _chat_line(entry: ChatEntry) -> str:
+    """``2026-12-01 07:30  3f2a1bc   3 exchanges  SmolLM3-3B  title``."""
+    model = entry.model.rstrip("/").rsplit("/", 1)[-1] or "?"
+    n = entry.exchanges
+    exchanges = f"{n:>3} exchange{'s' if n != 1 else ' '}"
+    when = entry.updated.strftime("%Y-%m-%d %H:%M")
+    return f"{when}  {entry.id}  {exchanges}  {model[:24]:<24}  {entry.title}"
 
 
 def read_stdin() -> str:
@@ -243,6 +475,8 @@ def read_stdin() -> str:
 def run(config: RunConfig) -> int:
     """Run the chosen mode; a SmolchatError becomes one line on stderr and status 1."""
     try:
+        if config.resume is not None:  # a wrong id fails now, not after loading the model
+            config.resume_path = _resume_path(config)
         if config.prompt is not None:
             return one_shot(config)
         if config.plain:
@@ -288,7 +522,12 @@ def load_engine(config: RunConfig, progress: Any = None) -> Any:
 
 
 def make_session(engine: Any, config: RunConfig, *, store: bool = True) -> ChatSession:
-    """A session with the command line's system prompt, sampling and transcript options."""
+    """A session with the settings in force; with ``--resume``, the saved chat loaded.
+
+    A resumed chat keeps its saved settings except those given on the command line; a line
+    saying which won goes to ``config.notes``.
+    """
+    from smolchat.chat.config import apply_on_resume
     from smolchat.chat.session import ChatSession
     from smolchat.chat.transcript import TranscriptStore
 
@@ -300,17 +539,55 @@ def make_session(engine: Any, config: RunConfig, *, store: bool = True) -> ChatS
         settings.max_new_tokens = config.max_new_tokens
     if config.think is not None:
         settings.thinking = config.think
+    if config.resume_path is not None:
+        try:
+            session.load(config.resume_path)
+        except SmolchatError as error:
+            config.notes.append(f"Could not resume: {error}")
+            return session
+        effective = config.effective or Effective()
+        how = apply_on_resume(session, effective)
+        n = session.exchanges()
+        config.notes.append(
+            f"Resumed {config.resume_path.name} ({n} exchange{'s' if n != 1 else ''}), {how}"
+        )
     return session
 
 
-def _latest_transcript(config: RunConfig) -> tuple[Path | None, list[str]]:
-    from smolchat.chat.transcript import TranscriptStore
+def attach_context(session: ChatSession, config: RunConfig) -> ChatSession:
+    """Give the session's slash commands the presets, the file limit and the library folder."""
+    from smolchat.chat.context import ChatContext, set_context
 
-    store = TranscriptStore(config.transcripts, autosave=config.autosave)
-    latest = store.latest()
-    if latest is None:
-        return None, [f"No transcript to resume in {store.folder}: starting a new chat."]
-    return latest, []
+    effective = config.effective
+    presets = effective.config.presets if effective and effective.config else {}
+    set_context(
+        session,
+        ChatContext(
+            presets=dict(presets), max_file_kb=config.max_file_kb, folder=config.transcripts
+        ),
+    )
+    return session
+
+
+def _resume_path(config: RunConfig) -> Path | None:
+    """The transcript ``--resume`` names (None, with a note, when bare and there is none)."""
+    from smolchat.chat.library import ChatLibrary, LibraryError
+
+    library = ChatLibrary(config.transcripts)
+    if not config.resume:
+        latest = library.latest()
+        if latest is None:
+            config.notes.append(f"No transcript to resume in {library.root}: starting a new chat.")
+        return latest
+    try:
+        return library.resolve(config.resume)
+    except LibraryError as error:
+        if "/" in config.resume and config.model == DEFAULT_MODEL:
+            raise LibraryError(
+                f"{error} (to resume the newest chat with a model, put the model first: "
+                f"smolchat {config.resume} --resume)"
+            ) from None
+        raise
 
 
 # ---- the modes -------------------------------------------------------------------------
@@ -324,6 +601,10 @@ def one_shot(config: RunConfig) -> int:
     assert config.prompt is not None
     if not config.prompt.strip():
         raise SmolchatError("the prompt is empty: give text with -p, or pipe it with -p -")
+    from smolchat.chat.attachments import message_with, read_attachment
+
+    # before loading: a missing, binary or huge file is one line, at once
+    files = [read_attachment(path, config.max_file_kb) for path in config.files]
     err = Console(stderr=True)
     # to a terminal, control characters are shown, not obeyed; to a pipe, the text is exact
     out_filter = printable if sys.stdout.isatty() else str
@@ -345,7 +626,16 @@ def one_shot(config: RunConfig) -> int:
             sys.stderr.write(err_filter(text))
             sys.stderr.flush()
 
-    finished, interrupted = consume(session.send(config.prompt), session, on_reasoning, on_answer)
+    message = message_with(files, config.prompt)
+    if files:
+        from smolchat.chat.context import token_count
+
+        for f in files:
+            tokens = token_count(session, f.block())
+            print(f"smolchat: attached {f.name} ({tokens} tokens)", file=sys.stderr)
+    for note in config.notes:
+        print(f"smolchat: {note}", file=sys.stderr)
+    finished, interrupted = consume(session.send(message), session, on_reasoning, on_answer)
     if config.show_reasoning and finished is not None and finished.reasoning:
         sys.stderr.write("\n")
     if finished is not None and finished.answer and not finished.answer.endswith("\n"):
@@ -369,13 +659,9 @@ def plain_repl(config: RunConfig) -> int:
         sys.stdin.reconfigure(errors="replace")  # a bad byte typed or piped must not end the REPL
     engine = load_with_progress(lambda progress: load_engine(config, progress), console)
     session = make_session(engine, config)
-    if config.resume:
-        latest, notes = _latest_transcript(config)
-        for note in notes:
-            console.print(note, style="yellow")
-        if latest is not None:
-            session.load(latest)
-            console.print(f"Resumed {latest} ({len(session.messages)} messages)", style="dim")
+    attach_context(session, config)
+    for note in config.notes:
+        console.print(note, style="yellow" if not note.startswith("Resumed") else "dim")
     return PlainChat(session, console, show_reasoning=True).run()
 
 
@@ -383,8 +669,6 @@ def tui(config: RunConfig) -> int:
     """The Textual app."""
     from smolchat.tui.app import AppOptions, SmolchatApp
     from smolchat.tui.themes import DEFAULT_THEME
-
-    resume, notices = _latest_transcript(config) if config.resume else (None, [])
 
     def placement() -> tuple[str, str]:
         from smolchat.loader import pick_device, pick_dtype
@@ -397,14 +681,13 @@ def tui(config: RunConfig) -> int:
         AppOptions(
             model=config.model,
             load_engine=lambda progress: load_engine(config, progress),
-            make_session=lambda engine: make_session(engine, config),
+            make_session=lambda engine: attach_context(make_session(engine, config), config),
             device=config.device,
             dtype=config.dtype,
             quantize=config.quantize,
             placement=placement,
             theme=config.theme or DEFAULT_THEME,
-            resume=resume,
-            notices=notices,
+            notices=config.notes,  # make_session adds to them (on the loading thread)
         )
     )
     app.run()

@@ -78,3 +78,14 @@ if os.environ.get("SMOLCHAT_CI"):
 
     _hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
     _hypothesis_settings.load_profile("ci")
+
+
+@pytest.fixture(autouse=True)
+def _no_user_config(tmp_path_factory, monkeypatch) -> None:
+    """Tests never read the developer's config file or SMOLCHAT_* settings."""
+    import os
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
+    for name in list(os.environ):
+        if name.startswith("SMOLCHAT_"):
+            monkeypatch.delenv(name)

@@ -183,6 +183,7 @@ class ChatSession:
         self.messages: list[dict[str, Any]] = []
         self.last_stats: GenerationStats | None = None
         self.busy = False
+        self.extra: dict[str, Any] = {}  # other transcript data kept across load/save (title)
         self.transcript_path: Path | None = None  # where this conversation is autosaved
         self.autosave_error: str | None = None  # the last autosave failure (one line), if any
         self.started = _now()  # conversation start: names the autosave file
@@ -528,6 +529,7 @@ class ChatSession:
         self._version += 1
         self.last_stats = None
         self.transcript_path = None
+        self.extra = {}
         self.started = self._date_pin = _now()
 
     def set_system(self, text: str | None) -> None:
@@ -550,6 +552,7 @@ class ChatSession:
             settings=self.settings.to_dict(),
             model=str(getattr(self.engine, "model_name", "") or ""),
             created=self.started.isoformat(timespec="seconds"),
+            extra=dict(self.extra),
         )
 
     def _first_user_text(self) -> str:
@@ -621,6 +624,7 @@ class ChatSession:
         self.settings = settings
         self.system_prompt = _normalize_system(data.system_prompt)
         self.messages = [dict(m) for m in data.messages]
+        self.extra = dict(data.extra)
         self._version += 1
         last = next((m for m in reversed(self.messages) if m.get("role") == "assistant"), None)
         self.last_stats = None

@@ -264,7 +264,11 @@ def _render(data: Transcript, nonce: str) -> tuple[str, int]:
     w = _Writer(nonce)
     w.line(f"<!-- smolchat-transcript v{FORMAT_VERSION} {nonce} -->")
     first_user = next((m for m in data.messages if m.get("role") == "user"), None)
-    title = _title(str(first_user.get("content", ""))) if first_user else "new conversation"
+    named = data.extra.get("title")  # given by the chat library's rename
+    if isinstance(named, str) and named.strip():
+        title = _title(named)
+    else:
+        title = _title(str(first_user.get("content", ""))) if first_user else "new conversation"
     w.line(f"# smolchat · {title or 'conversation'}")
     w.line()
     s = data.settings
