@@ -36,7 +36,8 @@ def fake(monkeypatch) -> FakeEngine:
 def chats(tmp_path: Path) -> Path:
     folder = tmp_path / "chats"
     folder.mkdir()
-    make_chat(folder, "2026-11-28_old", "Tell me about Peru", reply="Lima is its capital.", age_s=3e2)
+    peru = "Tell me about Peru"
+    make_chat(folder, "2026-11-28_old", peru, reply="Lima is its capital.", age_s=300)
     make_chat(folder, "2026-11-29_mid", "Second chat", turns=2, age_s=200)
     make_chat(folder, "2026-11-30_new", "Newest chat", reasoning="zebra thoughts", age_s=100)
     return folder
