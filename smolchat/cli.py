@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -24,7 +24,7 @@ from smolchat.engine.types import SamplingParams
 from smolchat.errors import SamplingError, SmolchatError, is_out_of_memory, out_of_memory_line
 
 if TYPE_CHECKING:
-    from smolchat.chat.library import ChatEntry
+    from smolchat.chat.library import ChatEntry, SearchHit
     from smolchat.chat.session import ChatSession
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM3-3B"
@@ -133,7 +133,17 @@ def subcommand(name: str, help: str) -> Callable[[Callable[..., None]], Callable
 class _Dispatch(TyperCommand):
     """The chat command, which hands ``smolchat SUBCOMMAND ...`` to that sub-command."""
 
-    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        extra.update(complete_var=complete_var, standalone_mode=standalone_mode)
+        extra.update(windows_expand_args=windows_expand_args)
         argv = list(sys.argv[1:] if args is None else args)
         for i, arg in enumerate(argv):  # a bare --resume (last, or before an option): the newest
             if arg == "--":
@@ -416,6 +426,7 @@ def chats_command(
             verb = "moved to the trash" if delete is not None else "restored"
             typer.echo(f"{moved.name} {verb} (smolchat chats --{'restore' if delete else 'trash'})")
             return
+        rows: list[tuple[ChatEntry, SearchHit | None]]
         if search is not None:
             hits = library.search(search, limit=limit)
             rows = [(h.entry, h) for h in hits]
