@@ -244,6 +244,64 @@ def test_token_classification_without_bias(tmp_path, hf_tokenizer):
     assert (mine(**batch) - expected[0]).abs().max().item() <= TOL
 
 
+@pytest.fixture(scope="module")
+def smollm2_classifier(smollm2_gguf, tmp_path_factory):
+    """SmolLM2-135M-Instruct's real weights (from the GGUF) under a seeded random 2-label head,
+    saved as a LlamaForSequenceClassification safetensors folder (bf16) with its tokenizer."""
+    from safetensors.torch import save_file
+
+    from smolchat.model.gguf import iter_gguf_tensors, read_gguf_header
+
+    folder = tmp_path_factory.mktemp("smollm2-cls")
+    header = read_gguf_header(smollm2_gguf)
+    tensors = {n: t.to(torch.bfloat16) for n, t in iter_gguf_tensors(smollm2_gguf)}
+    tensors.pop("lm_head.weight", None)
+    hidden = header.config["hidden_size"]
+    g = torch.Generator().manual_seed(0)
+    tensors["score.weight"] = (torch.randn(2, hidden, generator=g) * 0.05).to(torch.bfloat16)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config = {
+        **header.config,
+        "architectures": ["LlamaForSequenceClassification"],
+        "id2label": {"0": "negative", "1": "positive"},
+        "label2id": {"negative": 0, "positive": 1},
+        "dtype": "bfloat16",
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "tokenizer.json").write_text(header.tokenizer_json)
+    return folder
+
+
+@pytest.mark.slow
+@torch.inference_mode()
+def test_real_weights_classifier_matches_transformers(smollm2_classifier):
+    """Real weights and tokenizer; its pad token is <|im_end|> (id 2), as SmolLM2 ships it."""
+    import transformers
+    from tokenizers import Tokenizer
+
+    ref = transformers.LlamaForSequenceClassification.from_pretrained(
+        smollm2_classifier, dtype=torch.float32
+    ).eval()
+    mine = load_pretrained(smollm2_classifier, "sequence-classification", device="cpu")
+    assert mine.pad_token_id == 2 and mine.id2label == {0: "negative", 1: "positive"}
+    tok = Tokenizer.from_file(str(smollm2_classifier / "tokenizer.json"))
+    rows = {}
+    for side in ("left", "right"):
+        tok.enable_padding(pad_id=mine.pad_token_id, direction=side)
+        enc = tok.encode_batch(TEXTS)
+        ids = torch.tensor([e.ids for e in enc])
+        mask = torch.tensor([e.attention_mask for e in enc])
+        assert (mask == 0).any()
+        expected = ref(input_ids=ids, attention_mask=mask)
+        rows[side] = got = mine(ids, mask)
+        assert (got - expected.logits).abs().max().item() <= TOL
+        hidden = ref.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        real = mask.bool()
+        ours = mine.hidden_states(ids, mask)  # what task="base" returns
+        assert (ours[real] - hidden[real]).abs().max().item() <= TOL * 10  # |h| up to ~35
+    assert (rows["left"] - rows["right"]).abs().max().item() <= TOL
+
+
 # --- errors -----------------------------------------------------------------------------
 
 
