@@ -28,6 +28,7 @@ attend to nothing); read only the real positions.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -55,6 +56,24 @@ _HEADS = ("lm_head", "score", "qa_outputs")  # top-level checkpoint names that a
 _DECODER_PREFIXES = ("model.", "transformer.", "")  # QA saves "transformer.*", SmolLM3Model ""
 
 
+@dataclass(frozen=True)
+class HeadConfig:
+    """What config.json says about the heads (transformers' defaults where it says nothing).
+
+    ``id2label``: label id -> name (from ``id2label``, else ``num_labels`` names ``LABEL_i``,
+    else two); ``token_bias``: ``token_classification_bias`` (True unless set false).
+    """
+
+    id2label: dict[int, str] = field(default_factory=lambda: {0: "LABEL_0", 1: "LABEL_1"})
+    token_bias: bool = True
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> HeadConfig:
+        return cls(
+            id2label=_labels(raw), token_bias=bool(raw.get("token_classification_bias", True))
+        )
+
+
 class TaskModel(nn.Module):
     """The decoder (``model.*`` in checkpoint names) and RoPE; subclasses add the head.
 
@@ -65,15 +84,15 @@ class TaskModel(nn.Module):
     task: ClassVar[str]
     lm_head: nn.Linear | None  # only the causal-lm module has one
 
-    def __init__(self, cfg: ModelConfig, labels: dict[int, str], extra: dict[str, Any]) -> None:
+    def __init__(self, cfg: ModelConfig, head: HeadConfig) -> None:
         super().__init__()
         self.config = cfg
         self.model = Backbone(cfg)
         self.rotary = RotaryEmbedding(cfg)
         self.has_window = any(w is not None for w in cfg.sliding_window)
-        self.id2label = dict(labels)
-        self.label2id = {name: i for i, name in labels.items()}
-        self.num_labels = len(labels)
+        self.id2label = dict(head.id2label)
+        self.label2id = {name: i for i, name in head.id2label.items()}
+        self.num_labels = len(head.id2label)
         self.pad_token_id = cfg.pad_token_id
 
     def tie_weights(self) -> None:
@@ -163,8 +182,8 @@ class CausalLMModel(TaskModel):
 
     task = "causal-lm"
 
-    def __init__(self, cfg: ModelConfig, labels: dict[int, str], extra: dict[str, Any]) -> None:
-        super().__init__(cfg, labels, extra)
+    def __init__(self, cfg: ModelConfig, head: HeadConfig) -> None:
+        super().__init__(cfg, head)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
     def tie_weights(self) -> None:
@@ -190,8 +209,8 @@ class SequenceClassificationModel(TaskModel):
 
     task = "sequence-classification"
 
-    def __init__(self, cfg: ModelConfig, labels: dict[int, str], extra: dict[str, Any]) -> None:
-        super().__init__(cfg, labels, extra)
+    def __init__(self, cfg: ModelConfig, head: HeadConfig) -> None:
+        super().__init__(cfg, head)
         self.score = nn.Linear(cfg.hidden_size, self.num_labels, bias=False)
 
     def forward(
@@ -227,10 +246,9 @@ class TokenClassificationModel(TaskModel):
 
     task = "token-classification"
 
-    def __init__(self, cfg: ModelConfig, labels: dict[int, str], extra: dict[str, Any]) -> None:
-        super().__init__(cfg, labels, extra)
-        bias = bool(extra.get("token_classification_bias", True))
-        self.score = nn.Linear(cfg.hidden_size, self.num_labels, bias=bias)
+    def __init__(self, cfg: ModelConfig, head: HeadConfig) -> None:
+        super().__init__(cfg, head)
+        self.score = nn.Linear(cfg.hidden_size, self.num_labels, bias=head.token_bias)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -248,8 +266,8 @@ class QuestionAnsweringModel(TaskModel):
 
     task = "question-answering"
 
-    def __init__(self, cfg: ModelConfig, labels: dict[int, str], extra: dict[str, Any]) -> None:
-        super().__init__(cfg, labels, extra)
+    def __init__(self, cfg: ModelConfig, head: HeadConfig) -> None:
+        super().__init__(cfg, head)
         self.qa_outputs = nn.Linear(cfg.hidden_size, 2)
 
     def forward(
@@ -324,7 +342,7 @@ def load_pretrained(
     shapes = _shapes(files)
     prefix = _decoder_prefix(shapes, source.name)
     with torch.device("meta"):
-        module = _MODULES[task](cfg, _labels(raw), raw)
+        module = _MODULES[task](cfg, HeadConfig.from_dict(raw))
     _check_heads(module, shapes, prefix, saved_as, source.name)
     tensors = _renamed(iter_safetensors(files), prefix, keep_heads=task != "base")
     load_weights(module, tensors, dev, dt, total=count_tensors(files), progress=progress)
