@@ -539,3 +539,34 @@ def test_a_stream_prepared_before_a_history_change_refuses_to_run(engine) -> Non
         next(stale)
     assert session.messages == [] and not session.busy
     finished(session.send(QUESTIONS[1]))
+
+
+# --- editing an earlier turn ------------------------------------------------------------------
+
+
+def test_send_replacing_an_exchange_and_retry_from_one(engine, spy) -> None:
+    session = make_session(engine)
+    for text in ("one", "two", "three"):
+        finished(session.send(text))
+    assert len(session.messages) == 6
+    # an edit of exchange 1: nothing changes until the new reply is recorded
+    stream = session.send("two, edited", replace=1)
+    assert [m["content"] for m in session.messages[::2]] == ["one", "two", "three"]
+    finished(stream)
+    assert [m["content"] for m in session.messages if m["role"] == "user"] == [
+        "one",
+        "two, edited",
+    ]
+    # the prompt ends with the edited message: "three" is gone from what the model sees
+    prompt = engine.tokenizer.decode(spy[-1][0])
+    assert "two, edited" in prompt and "three" not in prompt
+    # retry of exchange 0: its reply is generated again, the rest goes
+    old_reply = session.messages[1]
+    finished(session.retry(0))
+    assert [m["role"] for m in session.messages] == ["user", "assistant"]
+    assert session.messages[0]["content"] == "one" and session.messages[1] is not old_reply
+    with pytest.raises(CommandError, match="no exchange 5: the conversation has 1"):
+        session.send("x", replace=5)
+    with pytest.raises(CommandError, match="no exchange -1"):
+        session.retry(-1)
+    assert len(session.messages) == 2  # refused: nothing changed

@@ -331,13 +331,17 @@ class ChatSession:
         if self.busy:
             raise SmolchatError("a reply is being generated: wait for it or cancel it first")
 
-    def send(self, text: str) -> Iterator[ChatEvent]:
+    def send(self, text: str, *, replace: int | None = None) -> Iterator[ChatEvent]:
         """Answer ``text``; stream ReasoningDelta/AnswerDelta, then one TurnFinished.
 
         A message ending with ``/think`` or ``/no_think`` uses that mode for this turn only.
-        Raises ContextOverflowError (before generating) if the turn cannot fit.
+        ``replace``: the exchange (0 = the first) this message replaces, with everything after
+        it (an edit); the history changes only when the reply is recorded.
+        Raises ContextOverflowError (before generating) if the turn cannot fit, CommandError
+        if there is no exchange ``replace``.
         """
         self._require_idle()
+        before = self.messages if replace is None else self.messages[: self._start_of(replace)]
         text = valid_text(text)  # e.g. undecodable stdin bytes: lone surrogates
         clean, thinking = resolve_thinking(text, self.settings.thinking)
         if not clean.strip():
@@ -346,18 +350,26 @@ class ChatSession:
         if clean.strip() != text.strip():  # a /think or /no_think suffix: this turn only
             user["thinking"] = thinking
         user["time"] = _now().isoformat(timespec="seconds")
-        history = [*self.messages, user]
+        history = [*before, user]
         ids, max_new = self._plan(history, thinking)
         self._cancel.clear()
         return self._turn(history, ids, max_new, thinking, self._version)
 
-    def retry(self) -> Iterator[ChatEvent]:
-        """Generate the last reply again (the prompt up to it comes from the KV cache)."""
+    def retry(self, exchange: int | None = None) -> Iterator[ChatEvent]:
+        """Generate the last reply again (the prompt up to it comes from the KV cache).
+
+        ``exchange`` (0 = the first): generate the reply of that exchange again instead; the
+        exchanges after it go when the new reply is recorded.
+        """
         self._require_idle()
         if not self.messages:
             raise CommandError("nothing to retry: the conversation is empty")
-        replace = self.messages[-1].get("role") == "assistant"
-        history = self.messages[:-1] if replace else list(self.messages)
+        if exchange is not None:
+            history = self.messages[: self._start_of(exchange) + 1]
+        elif self.messages[-1].get("role") == "assistant":
+            history = self.messages[:-1]
+        else:
+            history = list(self.messages)
         if not history or history[-1].get("role") != "user":
             raise CommandError("nothing to retry: the last message is not a reply to a user turn")
         user = history[-1]
@@ -491,6 +503,15 @@ class ChatSession:
             self.engine.cancel()
 
     # --- history edits -----------------------------------------------------------------
+    def _start_of(self, exchange: int) -> int:
+        """The index in ``messages`` of exchange ``exchange``'s user message."""
+        starts = self._exchange_starts(self.messages)
+        if isinstance(exchange, bool) or not 0 <= exchange < len(starts):
+            raise CommandError(
+                f"no exchange {exchange}: the conversation has {len(starts)} (0 is the first)"
+            )
+        return starts[exchange]
+
     def undo(self) -> str | None:
         """Drop the last exchange (user message and reply); return that user message's text."""
         self._require_idle()

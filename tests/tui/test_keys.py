@@ -1,4 +1,5 @@
-"""Keys of the chat screen through Pilot: Ctrl+C, copying (real session, fake engine)."""
+"""Keys of the chat screen through Pilot: Ctrl+C, copying, scrolling, moving between messages
+(the real session over the fake engine; the real tiny engine where a reply is generated again)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import pytest
 
 import smolchat.tui.screens.chat as chat_module
 from smolchat.tui.screens.dialogs import HelpScreen
+from smolchat.tui.widgets.conversation import AssistantMessage, UserMessage
 from tests.tui.conftest import make_app
-from tests.tui.helpers import chat_screen, running, submit, texts, wait_for
+from tests.tui.fake_engine import FakeEngine
+from tests.tui.helpers import chat_screen, idle, running, submit, texts, wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -98,3 +101,118 @@ async def test_copy_keys_report_how_they_copied() -> None:
         )
         await pilot.press("ctrl+y")
         assert app.clipboard == screen.session.messages[-1]["content"]
+
+
+# ---- scrolling and moving between messages ----------------------------------------------------
+
+TWO_BLOCKS = "First:\n\n```python\nx = 1\n```\n\nSecond:\n\n```sh\necho hi\n```\n" + "line\n\n" * 30
+
+
+async def test_keyboard_scrolling_keeps_the_prompt_focused() -> None:
+    app = make_app(FakeEngine(lambda q: TWO_BLOCKS))
+    async with running(app) as (pilot, _):
+        screen = await submit(pilot, "one")
+        await submit(pilot, "two")
+        view = screen.conversation
+        await pilot.pause()
+        bottom = view.max_scroll_y
+        assert bottom > 20 and view.scroll_y == bottom
+        await pilot.press("pageup")
+        assert view.scroll_y < bottom and screen.prompt.has_focus
+        await pilot.press("ctrl+home")
+        assert view.scroll_y == 0
+        await pilot.press("ctrl+down")
+        assert view.scroll_y == screen.SCROLL_LINES
+        await pilot.press("pagedown")
+        assert view.scroll_y > screen.SCROLL_LINES
+        await pilot.press("ctrl+end")
+        assert view.scroll_y == bottom
+        await pilot.press("ctrl+up")
+        assert view.scroll_y == bottom - screen.SCROLL_LINES
+        assert screen.prompt.has_focus
+        await pilot.press(*"typing goes on")
+        assert screen.prompt.text == "typing goes on"
+
+
+async def test_alt_up_highlights_messages_and_copies_them_and_their_code() -> None:
+    app = make_app(FakeEngine(lambda q: TWO_BLOCKS))
+    async with running(app) as (pilot, notes):
+        screen = await submit(pilot, "first question")
+        view = screen.conversation
+        await pilot.press("alt+up")
+        assert view.has_focus and isinstance(view.selected, AssistantMessage)
+        assert view.selected.has_class("-selected")
+        await pilot.press("o")
+        assert app.clipboard == "x = 1\n"
+        await pilot.press("o")
+        assert app.clipboard == "echo hi\n"
+        assert any(t.startswith("Copied code block 2 of 2 with") for t in texts(notes))
+        await pilot.press("o")  # round again
+        assert app.clipboard == "x = 1\n"
+        await pilot.press("up")
+        assert isinstance(view.selected, UserMessage)
+        await pilot.press("c")
+        assert app.clipboard == "first question"
+        await pilot.press("o")
+        assert "This message has no code block." in texts(notes)
+        await pilot.press("escape")
+        assert screen.prompt.has_focus and view.selected is None
+        assert not list(view.query(".-selected"))
+
+
+async def test_edit_an_earlier_message_replaces_it_and_what_followed() -> None:
+    app = make_app(FakeEngine(lambda q: f"answer to {q.split()[-1]}"))
+    async with running(app) as (pilot, _):
+        screen = await submit(pilot, "question one")
+        await submit(pilot, "question two")
+        await submit(pilot, "question three")
+        await pilot.press("alt+up", "up", "up", "up")  # reply 3, user 3, reply 2, user 2
+        assert isinstance(screen.conversation.selected, UserMessage)
+        await pilot.press("e")
+        assert screen.prompt.has_focus and screen.prompt.text == "question two"
+        assert screen.editing == 1
+        assert "Editing message 2" in str(screen.query_one("#hint").render())
+        screen.prompt.load_text("question deux")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: not screen.generating and len(screen.session.messages) == 4)
+        await idle(pilot, screen)
+        users = [m["content"] for m in screen.session.messages if m["role"] == "user"]
+        assert users == ["question one", "question deux"]
+        shown = [u.text for u in screen.query(UserMessage)]
+        assert shown == users
+        assert [r.answer_text for r in screen.query(AssistantMessage)][-1] == "answer to deux"
+        assert screen.editing is None
+
+
+async def test_esc_cancels_an_edit() -> None:
+    app = make_app()
+    async with running(app) as (pilot, notes):
+        screen = await submit(pilot, "hello")
+        await pilot.press("alt+up", "up", "e")
+        assert screen.editing == 0
+        await pilot.press("escape")
+        assert screen.editing is None and screen.prompt.text == ""
+        assert "Edit cancelled." in texts(notes)
+        assert len(screen.session.messages) == 2
+
+
+async def test_retry_from_an_earlier_message_with_the_real_engine(tiny_model) -> None:
+    import smolchat
+
+    engine = smolchat.load(str(tiny_model), device="cpu", dtype="float32")
+    app = make_app(engine)  # type: ignore[arg-type]
+    async with running(app) as (pilot, _):
+        screen = await chat_screen(pilot)
+        screen.session.settings.max_new_tokens = 4
+        await submit(pilot, "Hello one")
+        await submit(pilot, "Hello two")
+        first_reply = screen.session.messages[1]
+        await pilot.press("alt+up", "up", "up")  # reply 2, user 2, reply 1
+        assert screen.conversation.exchange_of(screen.conversation.selected) == 0
+        await pilot.press("r")
+        await wait_for(pilot, lambda: not screen.generating and len(screen.session.messages) == 2)
+        await idle(pilot, screen)
+        assert screen.session.messages[0]["content"] == "Hello one"
+        assert screen.session.messages[1] is not first_reply
+        assert [u.text for u in screen.query(UserMessage)] == ["Hello one"]
+        assert len(screen.query(AssistantMessage)) == 1

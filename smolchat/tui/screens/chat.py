@@ -17,7 +17,6 @@ else:  # Python 3.10
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
 from textual.widget import Widget
@@ -40,7 +39,12 @@ from smolchat.chat.commands import (
 from smolchat.chat.events import AnswerDelta, ChatEvent, ReasoningDelta, TurnFinished
 from smolchat.errors import ContextOverflowError, SmolchatError
 from smolchat.tui.screens.dialogs import ConfirmScreen, HelpScreen, keys_help
-from smolchat.tui.widgets.conversation import AssistantMessage, NoteMessage, UserMessage
+from smolchat.tui.widgets.conversation import (
+    AssistantMessage,
+    ConversationView,
+    NoteMessage,
+    UserMessage,
+)
 from smolchat.tui.widgets.prompt import CommandHint, PromptInput
 from smolchat.tui.widgets.status import StatusBar, StatusInfo
 
@@ -63,7 +67,48 @@ class ChatScreen(Screen[None]):
         Binding("f2", "toggle_reasoning", "Reasoning", tooltip="show / hide reasoning"),
         Binding("ctrl+t", "toggle_think", "Think", tooltip="think / no_think"),
         Binding("f1", "help", "Help", tooltip="this help"),
+        Binding(
+            "pageup",
+            "scroll('page_up')",
+            "Page up",
+            show=False,
+            priority=True,
+            key_display="PageUp / PageDown",
+            tooltip="scroll the conversation a page",
+        ),
+        Binding("pagedown", "scroll('page_down')", "", show=False, priority=True),
+        Binding(
+            "ctrl+up,shift+pageup",
+            "scroll('up')",
+            "Scroll",
+            show=False,
+            priority=True,
+            key_display="Ctrl+Up / Ctrl+Down",
+            tooltip="scroll the conversation a few lines",
+        ),
+        Binding("ctrl+down,shift+pagedown", "scroll('down')", "", show=False, priority=True),
+        Binding(
+            "ctrl+home",
+            "scroll('home')",
+            "Top",
+            show=False,
+            priority=True,
+            key_display="Ctrl+Home / Ctrl+End",
+            tooltip="to the first / last message",
+        ),
+        Binding("ctrl+end", "scroll('end')", "", show=False, priority=True),
+        Binding(
+            "alt+up",
+            "select_message(-1)",
+            "Messages",
+            show=False,
+            priority=True,
+            key_display="Alt+Up / Alt+Down",
+            tooltip="highlight a message (then C: copy, O: its code blocks, R: retry, E: edit)",
+        ),
+        Binding("alt+down", "select_message(1)", "", show=False, priority=True),
     ]
+    SCROLL_LINES = 3
 
     class Chunk(Message):
         """Streamed text gathered by the worker since its last post."""
@@ -101,10 +146,11 @@ class ChatScreen(Screen[None]):
         self._drawn = threading.Event()
         self._drawn.set()
         self._quit_armed_at = -QUIT_WINDOW_S  # monotonic time of the last idle Ctrl+C
+        self.editing: int | None = None  # the exchange the prompt's text will replace
 
     # ---- layout -----------------------------------------------------------------------
     def compose(self) -> ComposeResult:
-        yield VerticalScroll(id="conversation")
+        yield ConversationView(id="conversation")
         yield CommandHint({f"/{c.name}": _usage_line(c) for c in COMMANDS.values()}, id="hint")
         yield PromptInput(
             id="prompt",
@@ -133,8 +179,8 @@ class ChatScreen(Screen[None]):
             self.session.cancel()
 
     @property
-    def conversation(self) -> VerticalScroll:
-        return self.query_one("#conversation", VerticalScroll)
+    def conversation(self) -> ConversationView:
+        return self.query_one("#conversation", ConversationView)
 
     @property
     def prompt(self) -> PromptInput:
@@ -188,7 +234,8 @@ class ChatScreen(Screen[None]):
     # ---- input ------------------------------------------------------------------------
     @on(TextArea.Changed, "#prompt")
     def _on_prompt_changed(self, event: TextArea.Changed) -> None:
-        self.query_one(CommandHint).show_for(event.text_area.text)
+        if self.editing is None:  # while editing, the hint says so
+            self.query_one(CommandHint).show_for(event.text_area.text)
 
     @on(PromptInput.Submitted)
     async def _on_submitted(self, event: PromptInput.Submitted) -> None:
@@ -201,6 +248,14 @@ class ChatScreen(Screen[None]):
             return
         if is_command(text):
             await self.run_slash(text)
+        elif self.editing is not None:
+            exchange = self.editing
+            self.end_edit()
+            await self.start_turn(
+                lambda: self.session.send(text, replace=exchange),
+                user_text=text,
+                cut=self._exchange_widget(exchange),
+            )
         else:
             await self.start_turn(lambda: self.session.send(text), user_text=text)
 
@@ -262,15 +317,28 @@ class ChatScreen(Screen[None]):
 
     # ---- a turn -----------------------------------------------------------------------
     async def start_turn(
-        self, factory: StreamFactory, *, user_text: str | None, drop: int = 0
+        self,
+        factory: StreamFactory,
+        *,
+        user_text: str | None,
+        drop: int = 0,
+        cut: Widget | None = None,
     ) -> None:
-        """Show the user's message and an empty reply, then stream into it from a thread."""
-        if user_text is None:  # /retry: the reply it replaces goes
+        """Show the user's message and an empty reply, then stream into it from a thread.
+
+        ``cut``: the entry the turn replaces, shown no more with everything after it (an edit,
+        a retry from an earlier message); else /retry replaces the last reply.
+        """
+        entries = self.conversation.entries()
+        if cut is not None and cut in entries:
+            for widget in entries[entries.index(cut) :]:
+                await widget.remove()
+        elif user_text is None:  # /retry: the reply it replaces goes
             replies = self.conversation.query(AssistantMessage)
             if replies:
                 await replies.last().remove()
         reply = AssistantMessage(show_reasoning=self.show_reasoning)
-        turn = Turn(factory, user_text, reply, drop)
+        turn = Turn(factory, user_text, reply, drop, rewinds=cut is not None)
         await self.conversation.mount_all(turn.widgets)
         self.conversation.anchor()
         self.turn = turn
@@ -356,9 +424,9 @@ class ChatScreen(Screen[None]):
             return
         for widget in turn.widgets:
             await widget.remove()
-        if turn.user_text is None:  # /retry: show the reply it was to replace again
+        if turn.user_text is None or turn.rewinds:  # show what it was to replace again
             await self.rebuild()
-        elif not self.prompt.text.strip():
+        if turn.user_text is not None and not self.prompt.text.strip():
             self.prompt.load_text(turn.user_text)
             self.prompt.move_cursor(self.prompt.document.end)
         self.refresh_status()
@@ -377,14 +445,103 @@ class ChatScreen(Screen[None]):
             self.prompt.clear()
             await self.start_turn(turn.factory, user_text=turn.user_text, drop=drop)
 
+    # ---- moving around the conversation -----------------------------------------------
+    def action_scroll(self, where: str) -> None:
+        """Scroll the conversation while the prompt keeps the focus."""
+        view = self.conversation
+        match where:
+            case "page_up":
+                view.scroll_page_up(animate=False)
+            case "page_down":
+                view.scroll_page_down(animate=False)
+            case "up":
+                view.scroll_relative(y=-self.SCROLL_LINES, animate=False)
+            case "down":
+                view.scroll_relative(y=self.SCROLL_LINES, animate=False)
+            case "home":
+                view.scroll_home(animate=False)
+            case "end":
+                view.scroll_end(animate=False)
+
+    def action_select_message(self, delta: int) -> None:
+        """Alt+Up/Down: highlight a message (the conversation takes the focus)."""
+        view = self.conversation
+        if not view.entries():
+            self.notify("No messages yet.", markup=False)
+            return
+        if view.has_focus:
+            view.action_move(delta)
+        else:
+            view.focus()
+            view.action_move(-1)  # from the prompt: the newest message first
+
+    def _exchange_widget(self, exchange: int) -> Widget | None:
+        users = self.conversation.query(UserMessage)
+        return users[exchange] if 0 <= exchange < len(users) else None
+
+    @on(ConversationView.Leave)
+    def _on_conversation_leave(self) -> None:
+        self.prompt.focus()
+
+    @on(ConversationView.Copy)
+    def _on_copy(self, message: ConversationView.Copy) -> None:
+        self.app.copy_text(message.text, message.what)  # type: ignore[attr-defined]
+
+    @on(ConversationView.Retry)
+    async def _on_retry(self, message: ConversationView.Retry) -> None:
+        if self.generating:
+            self.notify("Still answering: press Esc to stop it first.", severity="warning")
+            return
+        exchange = message.exchange
+        users = self.conversation.query(UserMessage)
+        if exchange >= len(users):
+            return
+        after = users[exchange]
+        entries = self.conversation.entries()
+        following = entries[entries.index(after) + 1 :]
+        cut = following[0] if following else None
+        self.prompt.focus()
+        try:
+            stream = self.session.retry(exchange)
+        except SmolchatError as error:
+            self.notify(str(error), severity="error", markup=False)
+            return
+        await self.start_turn(lambda: stream, user_text=None, cut=cut)
+
+    @on(ConversationView.Edit)
+    def _on_edit(self, message: ConversationView.Edit) -> None:
+        if self.generating:
+            self.notify("Still answering: press Esc to stop it first.", severity="warning")
+            return
+        self.editing = message.exchange
+        self.prompt.load_text(message.text)
+        self.prompt.move_cursor(self.prompt.document.end)
+        self.prompt.focus()
+        hint = self.query_one(CommandHint)
+        hint.update(
+            f"✎ Editing message {message.exchange + 1}: Enter sends it in place of the original "
+            "and every later message; Esc cancels."
+        )
+        hint.display = True
+
+    def end_edit(self) -> None:
+        """Leave edit mode (the prompt's text stays)."""
+        self.editing = None
+        self.query_one(CommandHint).show_for(self.prompt.text)
+
     # ---- actions ----------------------------------------------------------------------
     def action_stop(self) -> None:
-        """Stop the reply being generated (the partial reply is kept, marked stopped)."""
+        """Esc: stop the reply being generated (the partial reply is kept, marked stopped);
+        else cancel an edit."""
         if self.generating:
             self.session.cancel()
             for worker in self.workers:
                 if worker.group == "generate":
                     worker.cancel()
+        elif self.editing is not None:
+            self.end_edit()
+            self.prompt.clear()
+            self.notify("Edit cancelled.", markup=False)
 
     def interrupt(self) -> None:
         """Ctrl+C: copy the selection if there is one; else stop the streaming reply; else
@@ -464,6 +621,7 @@ class Turn:
     user_text: str | None  # None for /retry
     reply: AssistantMessage
     drop: int = 0  # oldest exchanges dropped before it (after a context overflow)
+    rewinds: bool = False  # replaces an earlier part of the conversation (edit, retry from)
     widgets: list[Widget] = field(init=False)
 
     def __post_init__(self) -> None:

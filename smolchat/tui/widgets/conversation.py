@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from markdown_it import MarkdownIt
 from textual.app import ComposeResult
-from textual.containers import Vertical
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.message import Message
+from textual.widget import Widget
 from textual.widgets import Collapsible, Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
@@ -20,6 +23,7 @@ class UserMessage(Static):
 
     def __init__(self, text: str) -> None:
         super().__init__(printable(text), markup=False, classes="message")
+        self.text = text
 
 
 class NoteMessage(Markdown):
@@ -145,3 +149,140 @@ def _footer_text(
     if stats is not None:
         parts += stats.summary()
     return " · ".join(parts)
+
+
+def message_text(widget: Widget) -> str:
+    """What copying an entry of the conversation copies (a reply: its answer)."""
+    if isinstance(widget, UserMessage):
+        return widget.text
+    if isinstance(widget, AssistantMessage):
+        return widget.answer_text
+    if isinstance(widget, NoteMessage):
+        return widget.source
+    return ""
+
+
+class ConversationView(VerticalScroll):
+    """The conversation. Focused (Alt+Up/Down from the prompt), one message is highlighted and
+    keys act on it: copy it, copy its code blocks one by one, retry from it, edit it.
+
+    It only posts typed messages (:class:`Copy`, :class:`Retry`, :class:`Edit`,
+    :class:`Leave`); the chat screen carries them out.
+    """
+
+    BINDINGS = [
+        Binding("up,alt+up", "move(-1)", "Previous", show=False),
+        Binding("down,alt+down", "move(1)", "Next", show=False),
+        Binding("c,y", "copy", "Copy", tooltip="(on a highlighted message) copy it"),
+        Binding("o", "copy_code", "Copy code", tooltip="(on a message) copy its next code block"),
+        Binding("r", "retry", "Retry", tooltip="(on a message) generate its reply again"),
+        Binding("e", "edit", "Edit", tooltip="(on your message) edit it and send it again"),
+        Binding("escape,i", "leave", "Back to prompt", tooltip="(on a message) back to the prompt"),
+    ]
+
+    class Copy(Message):
+        """Copy ``text``; ``what`` names it for the notification."""
+
+        def __init__(self, text: str, what: str) -> None:
+            super().__init__()
+            self.text = text
+            self.what = what
+
+    class Retry(Message):
+        """Generate the reply of exchange ``exchange`` (0 = the first) again."""
+
+        def __init__(self, exchange: int) -> None:
+            super().__init__()
+            self.exchange = exchange
+
+    class Edit(Message):
+        """Edit the user message of exchange ``exchange``; ``text`` is what it says now."""
+
+        def __init__(self, exchange: int, text: str) -> None:
+            super().__init__()
+            self.exchange = exchange
+            self.text = text
+
+    class Leave(Message):
+        """Back to the prompt."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.selected: Widget | None = None
+        self._code_index = 0  # the code block "o" copies next
+
+    def entries(self) -> list[Widget]:
+        return [w for w in self.children if w.has_class("message")]
+
+    def select(self, widget: Widget | None) -> None:
+        """Highlight ``widget`` (None: nothing) and bring it into view."""
+        if self.selected is not None:
+            self.selected.remove_class("-selected")
+        self.selected = widget
+        self._code_index = 0
+        if widget is not None:
+            widget.add_class("-selected")
+            self.scroll_to_widget(
+                widget, animate=False, top=widget.outer_size.height > self.size.height
+            )
+
+    def action_move(self, delta: int) -> None:
+        """Highlight the previous (-1) or next (+1) message; from none, the last one."""
+        entries = self.entries()
+        if not entries:
+            return
+        if self.selected not in entries:
+            self.select(entries[-1])
+            return
+        assert self.selected is not None
+        index = max(0, min(len(entries) - 1, entries.index(self.selected) + delta))
+        self.select(entries[index])
+
+    def exchange_of(self, widget: Widget) -> int | None:
+        """The exchange (0 = the first) ``widget`` belongs to; None for notes."""
+        if not isinstance(widget, (UserMessage, AssistantMessage)):
+            return None
+        users = 0
+        for entry in self.entries():
+            if isinstance(entry, UserMessage):
+                users += 1
+            if entry is widget:
+                return users - 1 if users else None
+        return None
+
+    def action_copy(self) -> None:
+        if self.selected is not None:
+            text = message_text(self.selected)
+            if text:
+                self.post_message(self.Copy(text, "the message"))
+
+    def action_copy_code(self) -> None:
+        if self.selected is None:
+            return
+        blocks = code_blocks(message_text(self.selected))
+        if not blocks:
+            self.notify("This message has no code block.", severity="warning", markup=False)
+            return
+        index = self._code_index % len(blocks)
+        self._code_index = index + 1
+        self.post_message(self.Copy(blocks[index], f"code block {index + 1} of {len(blocks)}"))
+
+    def action_retry(self) -> None:
+        exchange = None if self.selected is None else self.exchange_of(self.selected)
+        if exchange is not None:
+            self.post_message(self.Retry(exchange))
+
+    def action_edit(self) -> None:
+        if self.selected is None:
+            return
+        exchange = self.exchange_of(self.selected)
+        if exchange is None:
+            return
+        users = [e for e in self.entries() if isinstance(e, UserMessage)]
+        self.post_message(self.Edit(exchange, users[exchange].text))
+
+    def action_leave(self) -> None:
+        self.post_message(self.Leave())
+
+    def on_blur(self) -> None:
+        self.select(None)
