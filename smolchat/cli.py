@@ -6,6 +6,7 @@ stays fast: torch, transformers and textual are imported inside the command.
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ from smolchat.chat.attachments import DEFAULT_MAX_FILE_KB
 from smolchat.chat.config import Effective
 from smolchat.engine.types import SamplingParams
 from smolchat.errors import SamplingError, SmolchatError, is_out_of_memory, out_of_memory_line
+from smolchat.exit_codes import ExitCode
 
 if TYPE_CHECKING:
     from smolchat.chat.library import ChatEntry, SearchHit
@@ -29,7 +31,9 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM3-3B"
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
-EXIT_INTERRUPTED = 130
+# -p stops here unless --max-new-tokens says otherwise: a script waits for a bounded answer
+# (a looping small model ran 5 minutes at the chat's 4096); a cut answer is reported (exit 3)
+ONE_SHOT_MAX_NEW_TOKENS = 2048
 
 
 class DType(str, Enum):
@@ -493,24 +497,37 @@ def run(config: RunConfig) -> int:
         if config.plain:
             return plain_repl(config)
         return tui(config)
+    except BrokenPipeError:  # stdout closed early (`| head`): end quietly, like other tools
+        silence_stdout()
+        return ExitCode.BROKEN_PIPE
     except SmolchatError as error:
         if config.debug:
             traceback.print_exc()
         _error_line(str(error))
-        return 1
+        return ExitCode.ERROR
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     except Exception as error:
         if config.debug:
             traceback.print_exc()
-            return 1
+            return ExitCode.ERROR
         if is_out_of_memory(error):  # e.g. the CPU allocator, which torch reports as RuntimeError
             _error_line(out_of_memory_line(error, "loading or running the model"))
-            return 1
+            return ExitCode.ERROR
         _error_line(
             f"internal error: {type(error).__name__}: {error} (--debug shows the traceback)"
         )
-        return 1
+        return ExitCode.ERROR
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null, so the flush at exit cannot fail again on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real file descriptor (a test's captured stdout)
+        pass
 
 
 def _error_line(message: str) -> None:
@@ -623,6 +640,9 @@ def one_shot(config: RunConfig) -> int:
     engine = load_with_progress(lambda progress: load_engine(config, progress), err)
     # one-shot answers are not autosaved unless a transcripts folder is given
     session = make_session(engine, config, store=config.transcripts is not None)
+    if config.max_new_tokens is None:
+        limit = min(session.settings.max_new_tokens, ONE_SHOT_MAX_NEW_TOKENS)
+        session.settings.max_new_tokens = limit
     started = {"answer": False}
 
     def on_answer(text: str) -> None:
@@ -653,19 +673,38 @@ def one_shot(config: RunConfig) -> int:
         sys.stdout.write("\n")
     sys.stdout.flush()
     if interrupted:
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     if finished is None or finished.error:
         raise SmolchatError(finished.error if finished else "the reply ended unexpectedly")
-    return 0
+    if finished.finish_reason != "stop":
+        limit = session.settings.max_new_tokens
+        print(f"smolchat: note: {cut_note(finished, limit)}", file=sys.stderr)
+        return ExitCode.CUT
+    return ExitCode.OK
+
+
+def cut_note(finished: Any, max_new_tokens: int) -> str:
+    """Why a -p answer is incomplete, and what to do: one line for stderr."""
+    generated = finished.stats.generated_tokens if finished.stats is not None else 0
+    if finished.finish_reason == "length" and generated >= max_new_tokens:
+        return (
+            f"the answer was cut at max_new_tokens ({max_new_tokens} tokens); "
+            "raise --max-new-tokens for a longer one (exit status 3)"
+        )
+    if finished.finish_reason in ("length", "context"):
+        return (
+            f"the answer was cut after {generated} tokens: the context window is full; "
+            "shorten the prompt (exit status 3)"
+        )
+    return f"the answer is incomplete (finish reason {finished.finish_reason}; exit status 3)"
 
 
 def plain_repl(config: RunConfig) -> int:
     """``--plain``: the line REPL."""
-    from rich.console import Console
 
-    from smolchat.plain import PlainChat, load_with_progress
+    from smolchat.plain import PlainChat, PlainConsole, load_with_progress
 
-    console = Console(highlight=False)
+    console = PlainConsole(highlight=False)
     if getattr(sys.stdin, "errors", None) == "strict" and hasattr(sys.stdin, "reconfigure"):
         sys.stdin.reconfigure(errors="replace")  # a bad byte typed or piped must not end the REPL
     engine = load_with_progress(lambda progress: load_engine(config, progress), console)
@@ -709,7 +748,11 @@ def tui(config: RunConfig) -> int:
 
 def main() -> None:
     """Console-script entry point."""
-    cli(prog_name="smolchat")
+    try:
+        cli(prog_name="smolchat")
+    except BrokenPipeError:  # e.g. `smolchat --help | head -1`
+        silence_stdout()
+        sys.exit(ExitCode.BROKEN_PIPE)
 
 
 if __name__ == "__main__":

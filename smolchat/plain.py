@@ -46,6 +46,15 @@ ProgressFn = Callable[[str, int, "int | None"], None]
 STAGE_LABELS = {"download": "Downloading", "weights": "Loading weights"}
 
 
+class PlainConsole(Console):
+    """A rich Console whose closed stdout raises BrokenPipeError (rich's own default exits 1
+    on the spot, skipping the generation thread's cancel and join and the documented 141)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError("stdout was closed")
+
+
 def load_with_progress(load: Callable[[ProgressFn], T], console: Console) -> T:
     """Run ``load(progress)`` showing a transient progress bar on ``console`` (if a terminal)."""
     if not console.is_terminal:
@@ -98,26 +107,42 @@ def consume(
     thread.start()
     interrupted = False
     finished: TurnFinished | None = None
-    while True:
-        try:
-            item = events.get(timeout=0.1)
-            if item is None:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            if isinstance(item, ReasoningDelta):
-                on_reasoning(item.text)
-            elif isinstance(item, AnswerDelta):
-                on_answer(item.text)
-            elif isinstance(item, TurnFinished):
-                finished = item
-        except queue.Empty:
-            continue
-        except KeyboardInterrupt:  # the turn ends within a token; keep draining
-            interrupted = True
+    try:
+        while True:
+            try:
+                item = events.get(timeout=0.1)
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, ReasoningDelta):
+                    on_reasoning(item.text)
+                elif isinstance(item, AnswerDelta):
+                    on_answer(item.text)
+                elif isinstance(item, TurnFinished):
+                    finished = item
+            except queue.Empty:
+                continue
+            except KeyboardInterrupt:  # the turn ends within a token; keep draining
+                interrupted = True
+                session.cancel()
+    finally:
+        # Whatever ends this loop (a callback's BrokenPipeError when stdout is closed, ...),
+        # the turn is cancelled and its thread joined before we go on: a generation thread
+        # still running at interpreter exit aborts the process inside torch.
+        if thread.is_alive():
             session.cancel()
-    thread.join()
+        join_thread(thread, session)
     return finished, interrupted
+
+
+def join_thread(thread: threading.Thread, session: ChatSession) -> None:
+    """Wait for the generation thread; a Ctrl+C meanwhile re-cancels instead of abandoning it."""
+    while thread.is_alive():
+        try:
+            thread.join(0.1)
+        except KeyboardInterrupt:
+            session.cancel()
 
 
 def stats_line(stats: GenerationStats | None, finish_reason: str | None) -> str:
@@ -139,7 +164,7 @@ class PlainChat:
         self, session: ChatSession, console: Console | None = None, *, show_reasoning: bool = True
     ) -> None:
         self.session = session
-        self.console = console or Console(highlight=False)
+        self.console = console or PlainConsole(highlight=False)
         self.show_reasoning = show_reasoning
 
     def run(self, read: Callable[[str], str] | None = None) -> int:
@@ -162,6 +187,8 @@ class PlainChat:
             try:
                 if not self.handle(line.strip()):
                     return 0
+            except BrokenPipeError:  # stdout is gone: nobody can read a message about it
+                raise
             except SmolchatError as error:
                 self.console.print(Text(printable(f"error: {error}"), style="red"))
             except Exception as error:  # a bug must not end the conversation (it is autosaved)

@@ -125,7 +125,7 @@ def test_options_reach_the_session(fake: FakeEngine, tmp_path: Path) -> None:
         "--transcripts", str(tmp_path),
     ]  # fmt: skip
     result = runner.invoke(cli.cli, args)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # the reply is cut at 5 tokens (README)
     call = fake.calls[-1]
     sampling = call["sampling"]
     assert (sampling.temperature, sampling.top_p, sampling.top_k, sampling.seed) == (
@@ -256,7 +256,7 @@ def test_one_shot_tiny_model_equals_the_session(tiny_model: Path) -> None:
     expected = finished.answer.lstrip()
     assert expected  # the seeded tiny model does answer something
     result = run_cli(str(tiny_model), "-p", "hello", "--temperature", "0", "--max-new-tokens", "12")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == (0 if finished.finish_reason == "stop" else 3), result.stderr
     assert result.stdout == expected + ("" if expected.endswith("\n") or not expected else "\n")
 
 

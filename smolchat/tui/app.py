@@ -19,6 +19,7 @@ from textual.theme import Theme
 
 from smolchat import clipboard
 from smolchat.errors import SmolchatError, is_out_of_memory, out_of_memory_line
+from smolchat.exit_codes import ExitCode
 from smolchat.tui.screens.chat import ChatScreen
 from smolchat.tui.screens.loading import LoadingScreen
 from smolchat.tui.themes import DEFAULT_THEME, available_themes, load_theme
@@ -227,12 +228,14 @@ class SmolchatApp(App[None]):
 
     def action_stop_or_quit(self) -> None:
         """Ctrl+C: on the chat screen see :meth:`ChatScreen.interrupt`; a dialog closes; while
-        loading, quit."""
+        loading, quit as interrupted (exit status 130, as Ctrl+C while loading in --plain or -p)."""
         screen = self.screen
         if isinstance(screen, ChatScreen):
             screen.interrupt()
         elif isinstance(screen, ModalScreen):
             screen.dismiss()
+        elif isinstance(screen, LoadingScreen):
+            self.exit(return_code=ExitCode.INTERRUPTED)
         else:
             self.exit()
 

@@ -73,6 +73,16 @@ def one_line_error(result: subprocess.CompletedProcess[bytes]) -> str:
     return lines[0].removeprefix(ERROR_PREFIX)
 
 
+ANSWERED = (0, 3)  # exit statuses of a -p answer: complete, or cut (a tiny --max-new-tokens)
+CUT_NOTE = "smolchat: note: the answer was cut"
+
+
+def without_cut_note(stderr: bytes) -> str:
+    """stderr less the one-line note of a cut -p answer (tests that cut replies to be fast)."""
+    lines = stderr.decode("utf-8", "replace").splitlines(keepends=True)
+    return "".join(line for line in lines if not line.startswith(CUT_NOTE))
+
+
 # ---- tmux --------------------------------------------------------------------------------
 HAVE_TMUX = shutil.which("tmux") is not None
 

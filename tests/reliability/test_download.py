@@ -20,7 +20,14 @@ import pytest
 
 import smolchat
 from tests.reliability.fakehub import FakeHub
-from tests.reliability.helpers import ROOT, one_line_error, quiet_env, smolchat_command
+from tests.reliability.helpers import (
+    ANSWERED,
+    ROOT,
+    one_line_error,
+    quiet_env,
+    smolchat_command,
+    without_cut_note,
+)
 from tests.tui.conftest import make_app
 from tests.tui.helpers import chat_screen, running
 
@@ -47,8 +54,8 @@ def test_cli_downloads_quietly_and_answers(hub: FakeHub, tmp_path: Path) -> None
         ask(tmp_path, hub), env=online_env(tmp_path, hub), capture_output=True, timeout=180,
         cwd=ROOT,
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr.decode()
-    assert result.stderr == b""  # no progress bars of the hub library on stderr
+    assert result.returncode in ANSWERED, result.stderr.decode()
+    assert without_cut_note(result.stderr) == ""  # no progress bars of the hub library
     assert hub.gets("model.safetensors") == 1 and hub.gets("config.json") == 1
 
 
@@ -104,7 +111,7 @@ def test_killed_download_is_finished_by_the_next_run(hub: FakeHub, tmp_path: Pat
     assert "was interrupted" in one_line_error(offline)
     # online again: the next run finishes the download and answers
     again = subprocess.run(ask(tmp_path, hub), env=env, capture_output=True, cwd=ROOT, timeout=180)
-    assert again.returncode == 0, again.stderr.decode()
+    assert again.returncode in ANSWERED, again.stderr.decode()
     assert hub.gets("model.safetensors") == 2  # the interrupted file, fetched again
     assert hub.gets("config.json") == 1  # finished files are kept
     snapshot = next((cache / "snapshots").iterdir())

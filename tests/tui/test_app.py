@@ -9,6 +9,7 @@ from textual.widgets import ProgressBar, Static
 
 from smolchat.chat.session import ChatSession
 from smolchat.errors import ModelLoadError
+from smolchat.exit_codes import ExitCode
 from smolchat.tui.screens.loading import LoadingScreen
 from smolchat.tui.widgets.conversation import UserMessage
 from tests.tui.conftest import make_app
@@ -85,6 +86,7 @@ async def test_quitting_while_loading_stops_the_loader() -> None:
         await pilot.press("ctrl+c")
     assert stopped.wait(5)
     assert app.error is None
+    assert app.return_code == ExitCode.INTERRUPTED  # 130, as Ctrl+C while loading in -p/--plain
 
 
 async def test_autosave_writes_the_conversation(tmp_path: Path) -> None:
