@@ -55,6 +55,7 @@ class RunConfig:
     device: str = "auto"
     dtype: str = "auto"
     quantize: str | None = None
+    exact: bool | None = None
     system: str | None = None
     think: bool | None = None
     sampling: dict[str, Any] = field(default_factory=dict)  # only the options given
@@ -194,6 +195,15 @@ def chat(
         Quantize | None,
         typer.Option(help="Quantize the weights (4-bit NF4).", rich_help_panel=MODEL),
     ] = None,
+    exact: Annotated[
+        bool,
+        typer.Option(
+            "--exact",
+            help="GGUF on CPU: dequantize every weight to float32 (equal to transformers; "
+            "slower, ~7x the file in RAM) instead of keeping the file's 4/8-bit blocks.",
+            rich_help_panel=MODEL,
+        ),
+    ] = False,
     system: Annotated[str | None, typer.Option(help="System prompt.", rich_help_panel=CHAT)] = None,
     think: Annotated[
         bool | None,
@@ -330,6 +340,7 @@ def chat(
     config.show_reasoning = show_reasoning
     config.plain = plain
     config.debug = debug
+    config.exact = True if exact else None
     raise typer.Exit(run(config))
 
 
@@ -546,6 +557,7 @@ def load_engine(config: RunConfig, progress: Any = None) -> Any:
         dtype=config.dtype,
         quantize=config.quantize,
         progress=progress,
+        exact=config.exact,
     )
 
 

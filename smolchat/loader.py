@@ -11,7 +11,7 @@ import torch
 from smolchat.engine.engine import Engine
 from smolchat.errors import DeviceError, ModelLoadError
 from smolchat.model.config import GenerationConfig, ModelConfig
-from smolchat.model.device import pick_device, pick_dtype
+from smolchat.model.device import DTYPES, note_once, pick_device, pick_dtype
 from smolchat.model.hub import Progress, resolve
 from smolchat.model.weights import (
     build_on_meta,
@@ -22,6 +22,22 @@ from smolchat.model.weights import (
 )
 
 
+def keeps_gguf_quantized(
+    device: torch.device, dtype: str | torch.dtype, quantize: str | None, exact: bool | None
+) -> bool:
+    """Whether a GGUF's quantized matrices stay quantized (CPU int4/int8 kernels).
+
+    On the CPU, unless the exact path is asked for: ``exact=True``, or ``dtype`` float32 given
+    explicitly (then every weight is dequantized to float32, equal to transformers).
+    """
+    if device.type != "cpu" or quantize is not None:
+        return False
+    if exact is not None:
+        return not exact
+    asked = dtype if isinstance(dtype, torch.dtype) else DTYPES.get(dtype)
+    return asked is not torch.float32
+
+
 def load(
     model: str | Path = "HuggingFaceTB/SmolLM3-3B",
     *,
@@ -30,8 +46,14 @@ def load(
     quantize: str | None = None,
     revision: str | None = None,
     progress: Progress | None = None,
+    exact: bool | None = None,
 ) -> Engine:
-    """Load a model (hub id, local folder or .gguf file) and return a ready :class:`Engine`."""
+    """Load a model (hub id, local folder or .gguf file) and return a ready :class:`Engine`.
+
+    ``exact``: for a GGUF on the CPU, dequantize every weight to float32 (equal to
+    transformers, slower, ~7x the file in RAM) instead of keeping the file's int4/int8 blocks.
+    None means: exact when ``dtype="float32"`` is given explicitly.
+    """
     from smolchat.chat.tokenizer import Tokenizer
 
     if quantize not in (None, "nf4"):
@@ -47,6 +69,8 @@ def load(
         quantize = quantize or prequantized  # a 4-bit checkpoint stays 4-bit
     if quantize == "nf4" and dtype == "auto":
         dtype = torch.bfloat16  # NF4 computes in bf16 (the norms and embeddings stay bf16)
+    if exact and dtype == "auto":
+        dtype = torch.float32
     dt = pick_dtype(dtype, dev)
     hook = None
     if quantize == "nf4":
@@ -61,6 +85,11 @@ def load(
         gen = GenerationConfig()
         tokenizer = Tokenizer.from_parts(header.tokenizer_json, header.tokenizer_config)
         tensors, total = iter_gguf_tensors(source.path), header.tensor_count
+        if quantize == "nf4":
+            note_once(
+                f"note: --quantize nf4 re-quantizes {source.name}'s dequantized weights to NF4 "
+                "(bitsandbytes); without it the file's own quantization is kept on the CPU"
+            )
     else:
         folder = source.path
         cfg = ModelConfig.from_file(folder / "config.json")
@@ -74,7 +103,13 @@ def load(
             tensors = dequantize_checkpoint(tensors, dev, dt)
     net = build_on_meta(cfg)
     with _out_of_memory_is_one_line(source.name, dev, dt):
-        load_weights(net, tensors, dev, dt, total=total, progress=progress, linear_hook=hook)
+        if source.kind == "gguf" and keeps_gguf_quantized(dev, dtype, quantize, exact):
+            from smolchat.model.qcpu import load_gguf_quantized
+
+            quantize = load_gguf_quantized(net, source.path, dt, progress).label
+            net.eval()
+        else:
+            load_weights(net, tensors, dev, dt, total=total, progress=progress, linear_hook=hook)
     eos = set(cfg.eos_token_ids) | set(gen.eos_token_ids) | set(tokenizer.eos_token_ids)
     engine = Engine(
         net,

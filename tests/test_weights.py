@@ -98,9 +98,14 @@ def test_missing_tokenizer_is_a_clear_error(tmp_path, tiny_model):
         smolchat.load(str(folder), device="cpu")
 
 
-def test_bf16_checkpoint_loads_in_float32_on_cpu(tmp_path):
+def test_bf16_checkpoint_on_cpu_follows_the_cpu_features(tmp_path, monkeypatch):
+    from smolchat.model import device as loader
+
     folder = build_smollm3(tmp_path / "bf16", dtype="bfloat16")
+    monkeypatch.setattr(loader, "cpu_has_bf16", lambda: False)
     engine = smolchat.load(str(folder), device="cpu")
-    assert engine.dtype == torch.float32  # dtype="auto" on CPU
+    assert engine.dtype == torch.float32  # dtype="auto" on a CPU without AVX-512 BF16 / AMX
+    monkeypatch.setattr(loader, "cpu_has_bf16", lambda: True)
+    assert smolchat.load(str(folder), device="cpu").dtype == torch.bfloat16
     engine = smolchat.load(str(folder), device="cpu", dtype="bfloat16")
     assert engine.dtype == torch.bfloat16

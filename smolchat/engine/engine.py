@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from smolchat.engine.cpu import CPUDecoder, cpu_step_enabled
 from smolchat.engine.fast import FastDecoder, fast_path_enabled
 from smolchat.engine.sampling import make_sampler
 from smolchat.engine.types import FinishReason, GenerationEvent, GenerationStats, SamplingParams
@@ -65,6 +66,7 @@ class Engine:
         if fast is None:
             fast = fast_path_enabled(self.device)
         self.fast = FastDecoder(model, self.cache) if fast else None
+        self.cpu = CPUDecoder(model, self.cache) if cpu_step_enabled(model, self.device) else None
         self.cached_ids: list[int] = []
         self.last_stats: GenerationStats | None = None
         self._cancel = threading.Event()
@@ -257,8 +259,11 @@ class Engine:
         """Feed one token; return the next logits (V,)."""
         pos = self.cache.length
         self.cache.ensure_capacity(pos + 1)
-        x = torch.tensor([[token_id]], dtype=torch.long, device=self.device)
-        logits = self.model(x, self.cache, pos, last_only=True)
+        if self.cpu is not None:
+            logits = self.cpu.step(token_id, pos)
+        else:
+            x = torch.tensor([[token_id]], dtype=torch.long, device=self.device)
+            logits = self.model(x, self.cache, pos, last_only=True)[0, -1]
         self.cache.length = pos + 1
         self.cached_ids.append(token_id)
-        return logits[0, -1]
+        return logits

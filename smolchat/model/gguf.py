@@ -432,7 +432,8 @@ def _check_tensors(f: GGUFFile) -> None:
             )
 
 
-def _open(path: Path) -> tuple[GGUFFile, dict[str, Any]]:
+def open_gguf(path: Path) -> tuple[GGUFFile, dict[str, Any]]:
+    """The mapped file and its config dict, after checking every tensor is readable."""
     f = GGUFFile(path)
     splits = f.metadata.get("split.count", 1)
     if isinstance(splits, int) and splits > 1:
@@ -449,7 +450,7 @@ def read_gguf_header(path: Path) -> GGUFHeader:
     """Parse config and tokenizer from a GGUF file without reading any tensor data."""
     from smolchat.model.gguf_tokenizer import build_tokenizer
 
-    f, config = _open(path)
+    f, config = open_gguf(path)
     tokenizer_json, tokenizer_config = build_tokenizer(f.metadata, f.path.name)
     return GGUFHeader(config, tokenizer_json, tokenizer_config, len(f.tensors), f.metadata)
 
@@ -460,7 +461,7 @@ def iter_gguf_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     Block types come out as float32, F16/BF16/F32 as stored. Each tensor is a fresh copy;
     only one is alive here at a time.
     """
-    f, config = _open(path)
+    f, config = open_gguf(path)
     return _iter_tensors(f, config)
 
 
@@ -471,7 +472,7 @@ def _iter_tensors(f: GGUFFile, config: dict[str, Any]) -> Iterator[tuple[str, to
     }
     for info in f.tensors:
         name = hf_name(info.name)
-        assert name is not None  # checked in _open
+        assert name is not None  # checked in open_gguf
         tensor = f.tensor(info)
         kind = info.name.split(".")[2] if info.name.startswith("blk.") else ""
         if kind in heads:
@@ -483,7 +484,7 @@ def read_gguf(path: Path) -> GGUFContents:
     """Read a whole GGUF file (all tensors in memory; use :func:`iter_gguf_tensors` to stream)."""
     from smolchat.model.gguf_tokenizer import build_tokenizer
 
-    f, config = _open(path)
+    f, config = open_gguf(path)
     tokenizer_json, tokenizer_config = build_tokenizer(f.metadata, f.path.name)
     tensors = dict(_iter_tensors(f, config))
     return GGUFContents(config, tensors, tokenizer_json, tokenizer_config)
