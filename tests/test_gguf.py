@@ -563,3 +563,11 @@ def test_sentencepiece_tokenizer_is_refused(tiny_model: Path, tmp_path: Path) ->
     with pytest.raises(ModelLoadError) as exc:
         read_gguf_header(path)
     _assert_one_line(exc, "SentencePiece")
+
+
+def test_merges_outside_the_vocabulary_are_one_line(tiny_model: Path, tmp_path: Path) -> None:
+    meta = {"tokenizer.ggml.merges": ["zzzq qqqz"]}
+    path = _tiny_gguf(tiny_model, tmp_path / "bad-merges.gguf", meta=meta)
+    with pytest.raises(ModelLoadError) as exc:
+        read_gguf_header(path)
+    _assert_one_line(exc, "inconsistent tokenizer", "convert it again")

@@ -15,6 +15,7 @@ import torch
 
 from smolchat.errors import SmolchatError, TaskError, TaskInputError
 from smolchat.model import TASKS, load_pretrained
+from smolchat.model.device import pick_dtype
 from tests.tiny import build_smollm3
 
 TOL = 2e-4  # float32, max |ours - transformers|
@@ -227,7 +228,8 @@ def test_labels_from_config(tmp_path):
     mine = load_pretrained(folder, "sequence-classification", device="cpu")
     assert mine.id2label == {0: "negative", 1: "neutral", 2: "positive"}
     assert mine.label2id == {"negative": 0, "neutral": 1, "positive": 2}
-    assert mine.num_labels == 3 and mine.dtype == torch.float32
+    # dtype "auto" on the CPU: bf16 where the CPU has AVX-512 BF16 / AMX, else float32
+    assert mine.num_labels == 3 and mine.dtype == pick_dtype("auto", torch.device("cpu"))
 
 
 @torch.inference_mode()
@@ -235,7 +237,7 @@ def test_token_classification_without_bias(tmp_path, hf_tokenizer):
     folder = build(
         tmp_path, "token-classification", extra_config={"token_classification_bias": False}
     )
-    mine = load_pretrained(folder, "token-classification", device="cpu")
+    mine = load_pretrained(folder, "token-classification", device="cpu", dtype="float32")
     assert mine.score.bias is None
     batch = encode(hf_tokenizer, "left")
     expected = reference_outputs(

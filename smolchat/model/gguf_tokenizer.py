@@ -124,7 +124,12 @@ def build_tokenizer(meta: dict[str, Any], file_name: str = "GGUF file") -> tuple
         merges.append((left, right))
 
     pre_tok, ignore_merges = _pre_tokenizer(meta.get("tokenizer.ggml.pre"), file_name)
-    bpe = models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges, fuse_unk=False)
+    try:
+        bpe = models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges, fuse_unk=False)
+    except Exception as exc:  # tokenizers raises a bare Exception for merges outside the vocab
+        raise ModelLoadError(
+            f"{file_name} has an inconsistent tokenizer ({str(exc)[:80]}); convert it again"
+        ) from None
     tk = Tokenizer(bpe)
     tk.pre_tokenizer = pre_tok
     tk.decoder = decoders.ByteLevel()
