@@ -232,7 +232,7 @@ def main() -> None:
         return
     import torch
 
-    from smolchat.loader import cpu_has_bf16
+    from smolchat.model.device import cpu_has_bf16
 
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     result: dict[str, Any] = {

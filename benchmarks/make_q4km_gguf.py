@@ -11,7 +11,8 @@ vocabulary is placeholder tokens. About 1.9 GB, written in well under a minute.
 
 Usage::
 
-    python benchmarks/make_q4km_gguf.py /tmp/smollm3-3b-shape.Q4_K_M.gguf [--layers 36]
+    python benchmarks/make_q4km_gguf.py /tmp/smollm3-3b-shape.Q4_K_M.gguf
+    python benchmarks/make_q4km_gguf.py /tmp/smollm2-shape.Q4_1.gguf --shape smollm2-135m --q4-1
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ import gguf
 import numpy as np
 
 T = gguf.GGMLQuantizationType
-V, D, H, KV, F = 128256, 2048, 16, 4, 11008
-HD = D // H
+SHAPES = {  # vocab, hidden, heads, kv heads, intermediate, layers
+    "smollm3-3b": (128256, 2048, 16, 4, 11008, 36),
+    "smollm2-135m": (49152, 576, 9, 3, 1536, 30),
+}
 
 
 def blocks(qtype: T, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
@@ -31,7 +34,11 @@ def blocks(qtype: T, rows: int, cols: int, rng: np.random.Generator) -> np.ndarr
     block, size = gguf.GGML_QUANT_SIZES[qtype]
     n = rows * cols // block
     data = rng.integers(0, 256, (n, size), dtype=np.uint8)
-    if qtype == T.Q4_K:  # d, dmin at bytes 0..3: w = d * sc * q - dmin * m, sc, m < 64, q < 16
+    if qtype in (T.Q4_0, T.Q4_1, T.Q8_0):  # d (and Q4_1's m) at bytes 0..3
+        data[:, 0:2] = np.array([3e-3], np.float16).view(np.uint8)
+        if qtype == T.Q4_1:
+            data[:, 2:4] = np.array([-2.4e-2], np.float16).view(np.uint8)
+    elif qtype == T.Q4_K:  # d, dmin at bytes 0..3: w = d * sc * q - dmin * m, sc, m < 64, q < 16
         data[:, 0:2] = np.array([5e-5], np.float16).view(np.uint8)
         data[:, 2:4] = np.array([2.5e-4], np.float16).view(np.uint8)
     elif qtype == T.Q6_K:  # d at bytes 208..209: w = d * sc * (q - 32), sc int8
@@ -47,8 +54,15 @@ def more_bits(i: int, n: int) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
-    ap.add_argument("--layers", type=int, default=36)
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="smollm3-3b")
+    ap.add_argument("--layers", type=int, help="fewer layers than the shape has (for checks)")
+    ap.add_argument(
+        "--q4-1", action="store_true", help="SmolLM2's file types instead: Q4_1, Q8_0 table"
+    )
     args = ap.parse_args()
+    V, D, H, KV, F, L = SHAPES[args.shape]
+    args.layers = args.layers or L
+    HD = D // H
     rng = np.random.default_rng(0)
     w = gguf.GGUFWriter(args.out, "llama")
     w.add_context_length(65536)
@@ -61,7 +75,8 @@ def main() -> None:
     w.add_rope_freq_base(5_000_000.0)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_vocab_size(V)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M)
+    kind = gguf.LlamaFileType.MOSTLY_Q4_1 if args.q4_1 else gguf.LlamaFileType.MOSTLY_Q4_K_M
+    w.add_file_type(kind)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("llama-bpe")
     w.add_token_list(["<t0>", "<t1>", "<", "t", "<t"] + [f"<t{i}>" for i in range(5, V)])
@@ -74,19 +89,20 @@ def main() -> None:
     def add(name: str, qtype: T, rows: int, cols: int) -> None:
         w.add_tensor(name, blocks(qtype, rows, cols, rng), raw_dtype=qtype)
 
-    add("token_embd.weight", T.Q6_K, V, D)
+    low = T.Q4_1 if args.q4_1 else T.Q4_K
+    add("token_embd.weight", T.Q8_0 if args.q4_1 else T.Q6_K, V, D)
     w.add_tensor("output_norm.weight", np.ones(D, dtype=np.float32))
     for i in range(args.layers):
         p = f"blk.{i}."
-        hi = T.Q6_K if more_bits(i, args.layers) else T.Q4_K
+        hi = T.Q6_K if more_bits(i, args.layers) and not args.q4_1 else low
         w.add_tensor(p + "attn_norm.weight", np.ones(D, dtype=np.float32))
         w.add_tensor(p + "ffn_norm.weight", np.ones(D, dtype=np.float32))
-        add(p + "attn_q.weight", T.Q4_K, D, D)
-        add(p + "attn_k.weight", T.Q4_K, KV * HD, D)
+        add(p + "attn_q.weight", low, D, D)
+        add(p + "attn_k.weight", low, KV * HD, D)
         add(p + "attn_v.weight", hi, KV * HD, D)
-        add(p + "attn_output.weight", T.Q4_K, D, D)
-        add(p + "ffn_gate.weight", T.Q4_K, F, D)
-        add(p + "ffn_up.weight", T.Q4_K, F, D)
+        add(p + "attn_output.weight", low, D, D)
+        add(p + "ffn_gate.weight", low, F, D)
+        add(p + "ffn_up.weight", low, F, D)
         add(p + "ffn_down.weight", hi, D, F)
     w.write_header_to_file()
     w.write_kv_data_to_file()
