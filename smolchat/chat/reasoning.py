@@ -7,6 +7,11 @@ Rules (the same for :class:`ReasoningParser` and :func:`split_reasoning`):
   With ``start_in_reasoning=True`` (the prompt already opened the block) the reply starts as
   reasoning.
 * The block ends at the first ``</think>``; if that never comes, everything is reasoning.
+* A closing tag is never shown as text. A ``</think>`` in a reply that opened no block means
+  the prompt opened it after all (distilled reasoning models' templates end with ``<think>``):
+  the reply is then read as with ``start_in_reasoning=True``. The deltas streamed before that
+  tag went out as answer (they cannot be taken back); :attr:`ReasoningParser.reasoning` and
+  ``answer`` (what the turn records) hold the corrected split, and :attr:`revised` says so.
 * One newline right after ``<think>``, one right before ``</think>`` and one right after
   ``</think>`` are dropped, so the usual ``<think>\\nR\\n</think>\\nA`` gives ``R`` and ``A``
   (and :class:`~smolchat.chat.thinking.ThinkContent` rebuilds exactly that text).
@@ -29,7 +34,9 @@ def split_reasoning(text: str, start_in_reasoning: bool = False) -> tuple[str, s
     else:
         stripped = text.lstrip()
         if not stripped.startswith(THINK_START):
-            return "", text
+            if THINK_END not in text:
+                return "", text
+            return split_reasoning(text, start_in_reasoning=True)  # a stray close: see above
         body = stripped[len(THINK_START) :]
     body = body.removeprefix("\n")
     end = body.find(THINK_END)
@@ -63,8 +70,11 @@ class ReasoningParser:
         self._mode = _REASONING if start_in_reasoning else _START
         self._drop_newline = start_in_reasoning  # one "\n" at the start of the current part
         self._buffer = ""
+        self._unopened = False  # in an answer that opened no block: a "</think>" is stray
+        self.opened_by_prompt = start_in_reasoning  # also True once a stray close shows it
         self.reasoning = ""
         self.answer = ""
+        self.revised = False  # a stray "</think>" turned answer already streamed into reasoning
 
     @property
     def in_reasoning(self) -> bool:
@@ -109,7 +119,7 @@ class ReasoningParser:
             self._buffer = stripped[len(THINK_START) :]
             self._mode, self._drop_newline = _REASONING, True
         else:
-            self._mode = _ANSWER
+            self._mode, self._unopened = _ANSWER, True
 
     def _take_newline(self) -> bool:
         """Drop a pending leading newline; False while undecidable (buffer empty)."""
@@ -137,6 +147,26 @@ class ReasoningParser:
 
     def _step_answer(self, events: list) -> None:
         if not self._take_newline():
+            return
+        if self._unopened:
+            end = self._buffer.find(THINK_END)
+            if end >= 0:  # a stray close: what came before was reasoning the prompt opened
+                revised = bool(self.answer)  # some of it already went out as answer
+                streamed = self.answer.removeprefix("\n")
+                body = (self.answer + self._buffer[:end]).removeprefix("\n")
+                self.reasoning, self.answer = body.removesuffix("\n"), ""
+                self.revised, self._unopened = revised, False
+                self.opened_by_prompt = True
+                if self.reasoning.startswith(streamed) and self.reasoning[len(streamed) :]:
+                    events.append(ReasoningDelta(self.reasoning[len(streamed) :]))
+                self._buffer = self._buffer[end + len(THINK_END) :]
+                self._drop_newline = True
+                return
+            keep = _held_suffix(self._buffer, THINK_END)  # never show part of the tag
+            ready = self._buffer[: len(self._buffer) - keep]
+            if ready:
+                self._emit_answer(ready, events)
+                self._buffer = self._buffer[len(ready) :]
             return
         if self._buffer:
             self._emit_answer(self._buffer, events)

@@ -419,7 +419,8 @@ class ChatSession:
                 "content": parser.answer,
                 "reasoning": parser.reasoning,
                 "thinking": self._effective_thinking(thinking),
-                "reasoning_block": opens or "".join(raw).lstrip().startswith(THINK_START),
+                "reasoning_block": parser.opened_by_prompt
+                or "".join(raw).lstrip().startswith(THINK_START),
                 "finish_reason": finish,
                 "stats": dataclasses.asdict(stats),
                 "time": _now().isoformat(timespec="seconds"),
