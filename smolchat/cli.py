@@ -729,6 +729,7 @@ def plain_repl(config: RunConfig) -> int:
 
 def tui(config: RunConfig) -> int:
     """The Textual app."""
+    from smolchat.chat.paths import default_history_file
     from smolchat.tui.app import AppOptions, SmolchatApp
     from smolchat.tui.themes import DEFAULT_THEME
 
@@ -750,6 +751,7 @@ def tui(config: RunConfig) -> int:
             placement=placement,
             theme=config.theme or DEFAULT_THEME,
             notices=config.notes,  # make_session adds to them (on the loading thread)
+            history_file=default_history_file(),
         )
     )
     app.run()

@@ -52,3 +52,13 @@ def default_config_file() -> Path:
     """``config.toml`` in :func:`user_config_dir`, or the file ``SMOLCHAT_CONFIG`` names."""
     named = os.environ.get("SMOLCHAT_CONFIG")
     return Path(named).expanduser() if named else user_config_dir() / CONFIG_FILE
+
+
+def user_state_dir() -> Path:
+    """The per-user state folder (``$XDG_STATE_HOME/smolchat``: the prompt history)."""
+    return _xdg("XDG_STATE_HOME", ".local/state", platformdirs.user_state_path)
+
+
+def default_history_file() -> Path:
+    """The prompt history shared by the TUI and ``--plain``."""
+    return user_state_dir() / "history.jsonl"

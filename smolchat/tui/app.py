@@ -18,6 +18,7 @@ from textual.screen import ModalScreen
 from textual.theme import Theme
 
 from smolchat import clipboard
+from smolchat.chat.history import PromptHistory
 from smolchat.errors import SmolchatError, is_out_of_memory, out_of_memory_line
 from smolchat.exit_codes import ExitCode
 from smolchat.tui.screens.chat import ChatScreen
@@ -52,6 +53,7 @@ class AppOptions:
     show_reasoning: bool = False
     resume: Path | None = None  # a transcript to load once the session exists
     notices: list[str] = field(default_factory=list)  # shown once the chat opens
+    history_file: Path | None = None  # the prompt history kept across runs (None: memory only)
 
 
 class LoadCancelled(Exception):
@@ -209,13 +211,16 @@ class SmolchatApp(App[None]):
             except SmolchatError as error:
                 self.notify(str(error), severity="error", markup=False)
         loading = self.screen if isinstance(self.screen, LoadingScreen) else None
-        chat = ChatScreen(session, show_reasoning=self.options.show_reasoning)
+        history = PromptHistory(self.options.history_file)
+        chat = ChatScreen(session, show_reasoning=self.options.show_reasoning, history=history)
         if loading is not None and loading.typed:  # type-ahead goes to the prompt
             chat.draft = loading.typed
             chat.send_draft = loading.send_when_ready
         await self.switch_screen(chat)
         for notice in self.options.notices:
             self.notify(notice, severity="warning", markup=False)
+        if history.problem:
+            self.notify(history.problem, severity="warning", markup=False)
 
     @on(LoadFailed)
     def _on_load_failed(self, message: LoadFailed) -> None:

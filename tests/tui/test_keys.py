@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 import smolchat.tui.screens.chat as chat_module
-from smolchat.tui.screens.dialogs import HelpScreen
+from smolchat.tui.screens.dialogs import HelpScreen, HistorySearchScreen
 from smolchat.tui.widgets.conversation import AssistantMessage, UserMessage
 from tests.tui.conftest import make_app
 from tests.tui.fake_engine import FakeEngine
@@ -216,3 +218,90 @@ async def test_retry_from_an_earlier_message_with_the_real_engine(tiny_model) ->
         assert screen.session.messages[1] is not first_reply
         assert [u.text for u in screen.query(UserMessage)] == ["Hello one"]
         assert len(screen.query(AssistantMessage)) == 1
+
+
+# ---- $EDITOR ---------------------------------------------------------------------------------
+
+
+def scripted_editor(tmp_path, body: str) -> str:
+    """A real editor program: a Python script run on the draft file (``body`` edits ``text``)."""
+    script = tmp_path / "editor.py"
+    script.write_text(
+        "import sys\n"
+        "path = sys.argv[-1]\n"
+        "text = open(path, encoding='utf-8').read()\n"
+        f"{body}\n"
+        "open(path, 'w', encoding='utf-8').write(text)\n"
+    )
+    return f"{sys.executable} {script}"
+
+
+async def test_ctrl_g_edits_the_draft_in_the_editor(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("VISUAL", raising=False)
+    monkeypatch.setenv("EDITOR", scripted_editor(tmp_path, "text = text.upper() + 'line two\\n'"))
+    app = make_app()
+    async with running(app) as (pilot, _):
+        screen = await chat_screen(pilot)
+        await pilot.press(*"line one")
+        await pilot.press("ctrl+g")
+        assert screen.prompt.text == "LINE ONE\nline two"
+        await pilot.press("ctrl+z")  # the editor's change is one edit
+        assert screen.prompt.text == "line one"
+    # $VISUAL wins over $EDITOR
+    monkeypatch.setenv("VISUAL", scripted_editor(tmp_path, "text = 'from visual'"))
+    async with running(make_app()) as (pilot, _):
+        screen = await chat_screen(pilot)
+        await pilot.press("ctrl+g")
+        assert screen.prompt.text == "from visual"
+
+
+async def test_a_failing_editor_keeps_the_draft(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("VISUAL", raising=False)
+    monkeypatch.setenv("EDITOR", scripted_editor(tmp_path, "text = 'lost'; sys.exit(3)"))
+    async with running(make_app()) as (pilot, notes):
+        screen = await chat_screen(pilot)
+        await pilot.press(*"keep me")
+        await pilot.press("ctrl+g")
+        assert screen.prompt.text == "keep me"
+        assert any("exited with status 3; the draft is unchanged" in t for t in texts(notes))
+    monkeypatch.setenv("EDITOR", "/nonexistent/editor")
+    async with running(make_app()) as (pilot, notes):
+        await chat_screen(pilot)
+        await pilot.press("ctrl+g")
+        assert any("could not start the editor '/nonexistent/editor'" in t for t in texts(notes))
+
+
+# ---- the prompt history ----------------------------------------------------------------------
+
+
+async def test_history_survives_a_restart_and_ctrl_r_searches_it(tmp_path) -> None:
+    path = tmp_path / "history.jsonl"
+    async with running(make_app(history_file=path)) as (pilot, _):
+        await submit(pilot, "tell me about cats")
+        await submit(pilot, "tell me about dogs")
+    async with running(make_app(history_file=path)) as (pilot, notes):
+        screen = await chat_screen(pilot)
+        await pilot.press("up")
+        assert screen.prompt.text == "tell me about dogs"
+        await pilot.press("up")
+        assert screen.prompt.text == "tell me about cats"
+        screen.prompt.clear()
+        await pilot.press("ctrl+r")
+        assert isinstance(app_screen := pilot.app.screen, HistorySearchScreen)
+        await pilot.press(*"cat")
+        assert app_screen.matches == ["tell me about cats"]
+        await pilot.press("enter")
+        assert not isinstance(pilot.app.screen, HistorySearchScreen)
+        assert screen.prompt.text == "tell me about cats" and screen.prompt.has_focus
+        screen.prompt.clear()
+        await pilot.press("ctrl+r", "down", "enter")  # nothing typed: newest first, Down: next
+        assert screen.prompt.text == "tell me about cats"
+        await pilot.press("ctrl+r", "escape")
+        assert screen.prompt.text == "tell me about cats"
+
+
+async def test_ctrl_r_with_no_history() -> None:
+    async with running(make_app()) as (pilot, notes):
+        await chat_screen(pilot)
+        await pilot.press("ctrl+r")
+        assert "No past prompts yet." in texts(notes)

@@ -15,7 +15,7 @@ else:  # Python 3.10
     from typing_extensions import assert_never
 
 from textual import on, work
-from textual.app import ComposeResult
+from textual.app import ComposeResult, SuspendNotSupported
 from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
@@ -37,8 +37,15 @@ from smolchat.chat.commands import (
     run_command,
 )
 from smolchat.chat.events import AnswerDelta, ChatEvent, ReasoningDelta, TurnFinished
+from smolchat.chat.history import PromptHistory
+from smolchat.editor import edit_text
 from smolchat.errors import ContextOverflowError, SmolchatError
-from smolchat.tui.screens.dialogs import ConfirmScreen, HelpScreen, keys_help
+from smolchat.tui.screens.dialogs import (
+    ConfirmScreen,
+    HelpScreen,
+    HistorySearchScreen,
+    keys_help,
+)
 from smolchat.tui.widgets.conversation import (
     AssistantMessage,
     ConversationView,
@@ -107,6 +114,22 @@ class ChatScreen(Screen[None]):
             tooltip="highlight a message (then C: copy, O: its code blocks, R: retry, E: edit)",
         ),
         Binding("alt+down", "select_message(1)", "", show=False, priority=True),
+        Binding(
+            "ctrl+g",
+            "open_editor",
+            "Editor",
+            show=False,
+            priority=True,
+            tooltip="edit the draft in $VISUAL / $EDITOR",
+        ),
+        Binding(
+            "ctrl+r",
+            "search_history",
+            "Search",
+            show=False,
+            priority=True,
+            tooltip="search the past prompts (also those of earlier runs)",
+        ),
     ]
     SCROLL_LINES = 3
 
@@ -134,9 +157,16 @@ class ChatScreen(Screen[None]):
             self.overflow = overflow
             self.drop = drop  # after an overflow: the oldest exchanges to drop (0: none helps)
 
-    def __init__(self, session: ChatSession, *, show_reasoning: bool = False) -> None:
+    def __init__(
+        self,
+        session: ChatSession,
+        *,
+        show_reasoning: bool = False,
+        history: PromptHistory | None = None,
+    ) -> None:
         super().__init__()
         self.session = session
+        self.history = history if history is not None else PromptHistory()
         self.show_reasoning = show_reasoning
         self.turn: Turn | None = None  # the turn being generated
         self.draft = ""  # text for the prompt at start (typed while the model loaded)
@@ -156,6 +186,7 @@ class ChatScreen(Screen[None]):
             id="prompt",
             completer=complete,
             placeholder="Message (Enter sends, Shift+Enter or Ctrl+J: new line, /help)",
+            history=self.history,
         )
         yield StatusBar(id="status")
         yield Footer()
@@ -528,6 +559,39 @@ class ChatScreen(Screen[None]):
         """Leave edit mode (the prompt's text stays)."""
         self.editing = None
         self.query_one(CommandHint).show_for(self.prompt.text)
+
+    # ---- the prompt history ------------------------------------------------------------
+    def action_search_history(self) -> None:
+        """Ctrl+R: pick a past prompt (searched as you type) into the prompt."""
+        if not self.history.entries:
+            self.notify("No past prompts yet.", markup=False)
+            return
+
+        def picked(text: str | None) -> None:
+            if text is not None:
+                self.prompt.replace(text, (0, 0), self.prompt.document.end)
+                self.prompt.move_cursor(self.prompt.document.end)
+            self.prompt.focus()
+
+        self.app.push_screen(HistorySearchScreen(self.history), picked)
+
+    # ---- the external editor ----------------------------------------------------------
+    def action_open_editor(self) -> None:
+        """Ctrl+G: the draft opens in the user's editor; the app suspends until it exits."""
+        draft = self.prompt.text
+        try:
+            try:
+                with self.app.suspend():
+                    text = edit_text(draft)
+            except SuspendNotSupported:  # no real terminal (tests): run it as it is
+                text = edit_text(draft)
+        except SmolchatError as error:
+            self.notify(str(error), severity="error", markup=False)
+            return
+        self.prompt.replace(text, (0, 0), self.prompt.document.end)  # Ctrl+Z undoes it
+        self.prompt.move_cursor(self.prompt.document.end)
+        self.prompt.focus()
+        self.refresh()
 
     # ---- actions ----------------------------------------------------------------------
     def action_stop(self) -> None:

@@ -1,4 +1,4 @@
-"""Modal screens: help, and a yes/no question."""
+"""Modal screens: help, a yes/no question, and the search through past prompts."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Markdown, Static
+from textual.widgets import Button, Input, Markdown, OptionList, Static
+from textual.widgets.option_list import Option
 
 from smolchat.chat.commands import COMMANDS
+from smolchat.chat.history import PromptHistory
 from smolchat.chat.text import printable
 
 KEY_NAMES = {"escape": "Esc", "pageup": "PageUp", "pagedown": "PageDown", "delete": "Del"}
@@ -94,3 +96,61 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def action_answer(self, yes: bool) -> None:
         self.dismiss(yes)
+
+
+class HistorySearchScreen(ModalScreen[str | None]):
+    """Ctrl+R: search the past prompts as you type; Enter takes the highlighted one."""
+
+    BINDINGS = [
+        Binding("escape,ctrl+c", "dismiss(None)", "Cancel"),
+        Binding("up", "move(-1)", "Previous", show=False),
+        Binding("down,ctrl+r", "move(1)", "Next", show=False),
+    ]
+    MAX_SHOWN = 200
+
+    def __init__(self, history: PromptHistory, query: str = "") -> None:
+        super().__init__(classes="dialog")
+        self.history = history
+        self.query_text = query
+        self.matches: list[str] = []
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="search-box"):
+            yield Static(
+                "Search past prompts  (Enter takes it, Esc cancels)", classes="dialog-title"
+            )
+            yield Input(self.query_text, placeholder="type to search", id="search-input")
+            yield OptionList(id="search-results")
+
+    def on_mount(self) -> None:
+        self._refresh_matches(self.query_text)
+        self.query_one(Input).focus()
+
+    @on(Input.Changed)
+    def _on_changed(self, event: Input.Changed) -> None:
+        self._refresh_matches(event.value)
+
+    def _refresh_matches(self, query: str) -> None:
+        self.matches = self.history.search(query)[: self.MAX_SHOWN]
+        results = self.query_one(OptionList)
+        results.clear_options()
+        results.add_options(
+            [Option(printable(" ⏎ ".join(m.splitlines()))[:300]) for m in self.matches]
+        )
+        if self.matches:
+            results.highlighted = 0
+
+    def action_move(self, delta: int) -> None:
+        results = self.query_one(OptionList)
+        if self.matches:
+            now = results.highlighted or 0
+            results.highlighted = max(0, min(len(self.matches) - 1, now + delta))
+
+    @on(Input.Submitted)
+    def _on_submitted(self) -> None:
+        index = self.query_one(OptionList).highlighted
+        self.dismiss(self.matches[index] if self.matches and index is not None else None)
+
+    @on(OptionList.OptionSelected)
+    def _on_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(self.matches[event.option_index])

@@ -9,6 +9,8 @@ from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.widgets import Static, TextArea
 
+from smolchat.chat.history import PromptHistory
+
 NEWLINE_KEYS = ("shift+enter", "ctrl+j", "alt+enter")
 
 
@@ -76,6 +78,7 @@ class PromptInput(TextArea):
         completer: Callable[[str], list[str]] | None = None,
         id: str | None = None,
         placeholder: str = "",
+        history: PromptHistory | None = None,
     ) -> None:
         super().__init__(
             "",
@@ -87,7 +90,7 @@ class PromptInput(TextArea):
             placeholder=placeholder,
         )
         self.completer = completer
-        self.past_prompts: list[str] = []
+        self.prompt_history = history if history is not None else PromptHistory()
         self._history_index: int | None = None  # None: editing the draft
         self._draft = ""
 
@@ -120,16 +123,21 @@ class PromptInput(TextArea):
         text = self.text.strip()
         if not text:
             return
-        self.remember(text)
+        self.prompt_history.add(text)
         self._history_index = None
         self._draft = ""
         self.clear()
         self.post_message(self.Submitted(self, text))
 
+    @property
+    def past_prompts(self) -> list[str]:
+        """The history, oldest first (what Up walks through)."""
+        return self.prompt_history.entries
+
     def remember(self, text: str) -> None:
-        """Put ``text`` last in the history (Up brings it back)."""
-        if not self.past_prompts or self.past_prompts[-1] != text:
-            self.past_prompts.append(text)
+        """Put ``text`` last in the history for this session only (Up brings it back)."""
+        self.prompt_history.add(text, persist=False)
+        self._history_index = None
 
     def history_back(self) -> None:
         """Show the previous entry of the history (the draft is kept)."""
