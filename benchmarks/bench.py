@@ -12,6 +12,8 @@ as it ends, so a run cut short keeps what it measured):
   history, decode after an 8k prompt, peak GPU memory; eager (no graphs) decode for reference.
 - ``nf4``: smolchat NF4: peak memory while loading, weight memory, decode tok/s, prefill,
   top-1 agreement and mean KL of next-token distributions vs bf16 over a 512-token prompt.
+- ``startup``: whole ``smolchat CKPT -p ... --max-new-tokens 64`` processes, twice each in
+  bf16 and NF4, the first with an empty tuning cache.
 - ``hf``: transformers eager (dynamic cache): prefill, decode, follow-up TTFT, memory.
 - ``hf_nf4``: transformers + bitsandbytes NF4 (double quant, bf16 compute): decode, memory.
 - ``hf_static``: transformers, ``cache_implementation="static"`` (auto torch.compile): decode.
@@ -326,6 +328,14 @@ def tuning_table(engine: Engine) -> dict[str, Any]:
     return out
 
 
+def stages(engine: Engine) -> dict[str, Any]:
+    """The fast decoder's start-up stages (seconds) and whether the tuner's cache answered."""
+    fast = engine.fast
+    out: dict[str, Any] = {k: round(v, 2) for k, v in fast.timings.items()}
+    out["tuning_from_cache"] = fast.tuning_cached
+    return out
+
+
 def profile_step(engine: Engine, path: Path) -> None:
     """CUDA kernel times of the (compiled, not captured) step: where a token's time goes."""
     from torch.profiler import ProfilerActivity, profile
@@ -412,6 +422,7 @@ def phase_ours(res: Results, folder: Path, args) -> None:
     log(f"ours: warmup {warm:.1f}s, mode {engine.fast.mode if engine.fast else 'eager'}")
     if engine.fast is not None and engine.fast.tuning:
         res.put("ours", {"matvec_tuning": tuning_table(engine)})
+        res.put("ours", {"startup_stages_s": stages(engine)})
         log(f"ours: matvecs {res.data['ours']['matvec_tuning']}")
     reset_peak()
     if engine.fast is not None:
@@ -489,6 +500,10 @@ def phase_nf4(res: Results, folder: Path, args) -> None:
     warm = engine.warmup()
     res.put("nf4", {"first_compile_capture_s": round(warm, 1)})
     res.put("nf4", {"mode": engine.fast.mode if engine.fast else "eager"})
+    if engine.fast is not None and engine.fast.tuning:
+        res.put("nf4", {"matvec_tuning": tuning_table(engine)})
+        res.put("nf4", {"startup_stages_s": stages(engine)})
+        log(f"nf4: matvecs {res.data['nf4']['matvec_tuning']}")
     reset_peak()
     res.put("nf4", {"decode_tok_s": ours_decode(engine, vocab)})
     res.put("nf4", {"decode_peak_gib": gib(peak() - base)})
@@ -513,6 +528,34 @@ def phase_nf4(res: Results, folder: Path, args) -> None:
     log(f"nf4: {res.data['nf4']}")
     del engine
     free()
+
+
+def phase_startup(res: Results, folder: Path, args) -> None:
+    """Whole ``smolchat CKPT -p ... --max-new-tokens 64`` processes, twice per mode, with an
+    empty tuning cache before the first (the Triton cache stays, as after an install)."""
+    import subprocess
+
+    from tests.tiny import build_tokenizer
+
+    if not (folder / "tokenizer.json").exists():
+        build_tokenizer(folder)
+    cache = args.work / "startup-cache"
+    env = {**os.environ, "SMOLCHAT_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)}
+    for mode, extra in (("bf16", []), ("nf4", ["--quantize", "nf4"])):
+        if (cache / "matvec-tuning.json").exists():
+            (cache / "matvec-tuning.json").unlink()
+        runs = []
+        for _ in range(2):
+            cmd = [sys.executable, "-m", "smolchat", str(folder), "-p", "Hello there"]
+            cmd += ["--max-new-tokens", "64", *extra]
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+            runs.append(round(time.perf_counter() - t0, 2))
+            if proc.returncode != 0:
+                res.put("startup", {f"{mode}_error": proc.stderr[-400:]})
+                break
+        res.put("startup", {f"{mode}_process_s": runs})
+        log(f"startup {mode}: {runs}")
 
 
 # --- transformers ----------------------------------------------------------------------------
@@ -926,6 +969,7 @@ def main() -> None:
         "ours": phase_ours,
         "ours_inductor": phase_ours_inductor,
         "nf4": phase_nf4,
+        "startup": phase_startup,
         "hf": phase_hf,
         "hf_nf4": phase_hf_nf4,
         "hf_static": phase_hf_static,

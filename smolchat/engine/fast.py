@@ -16,12 +16,16 @@
 
 Three ways to fill the step (``FastDecoder.kernels``), best first:
 
-- ``"triton"`` (dense weights): our Triton kernels only (:mod:`smolchat.engine.kernels`): per
-  layer one matvec with RMSNorm fused (q/k/v), split-K attention with RoPE and the K/V write
-  fused (2 kernels), o-proj + residual, gate/up with RMSNorm and SiLU fused, down + residual.
-  Six launches a layer, no torch.compile (start-up is a few seconds of kernel tuning).
-- ``"inductor"`` (NF4, or a model with biases): the parts before and after attention compiled
-  by Inductor (static shapes), attention by the Triton kernel.
+- ``"triton"`` (dense or NF4 weights): our Triton kernels only (:mod:`smolchat.engine.kernels`):
+  per layer one matvec with RMSNorm fused (q/k/v), split-K attention with RoPE and the K/V
+  write fused (2 kernels), o-proj + residual, gate/up with RMSNorm and SiLU fused, down +
+  residual. NF4 weights are read as bitsandbytes stores them (packed codes, double-quantized
+  scales) and dequantized in registers. Six launches a layer, no torch.compile; the matvec
+  tuner's choices are kept on disk (:mod:`smolchat.engine.tuning`), so only a GPU's first
+  launch tunes.
+- ``"inductor"`` (a model with biases, or NF4 layouts the kernel does not read): the parts
+  before and after attention compiled by Inductor (static shapes), attention by the Triton
+  kernel.
 - without Triton (or a head size it cannot take): the whole layer compiled, attention included.
 
 ``SMOLCHAT_NO_CUDA_GRAPHS=1`` turns the path off (plain eager decoding);
@@ -184,6 +188,27 @@ def is_quantized(module: nn.Module) -> bool:
 # --- weights as the step sees them ---------------------------------------------------------
 
 
+def _nf4_supported(module: nn.Module) -> bool:
+    """Whether our NF4 matvec kernel reads this bitsandbytes weight as it is stored."""
+    from smolchat.engine.kernels import NF4Matrix
+
+    qs = module.weight.quant_state
+    if qs.quant_type != "nf4" or getattr(qs, "packing_format_for_cpu", False):
+        return False
+    n, k = (int(d) for d in qs.shape)
+    nested = qs.state2.blocksize if qs.nested else None
+    return NF4Matrix.supports(n, k, int(qs.blocksize), nested)
+
+
+def triton_weight(module: nn.Module) -> Any:
+    """The weight as the Triton matvec takes it: a dense (N, K) tensor or an ``NF4Matrix``."""
+    if not is_quantized(module):
+        return module.weight
+    from smolchat.engine.kernels import NF4Matrix
+
+    return NF4Matrix.from_quant_state(module.weight.data, module.weight.quant_state)
+
+
 def linear_spec(module: nn.Module) -> LinearSpec:
     """Describe a linear layer (nn.Linear or bitsandbytes Linear4bit) for the step."""
     bias = getattr(module, "bias", None)
@@ -226,20 +251,19 @@ class FastDecoder:
         self.compile = compile
         self.att: DecodeAttention | None = None  # Triton decode attention, when it can run
         self.kernels = "eager"
-        if self.graphs and _triton_ok() and _attention_ok(cfg.head_dim):
+        # kernels="triton" with graphs=False runs the Triton step eagerly (interpreter tests)
+        use_triton = self.graphs or kernels == "triton"
+        if use_triton and _triton_ok() and _attention_ok(cfg.head_dim):
             from smolchat.engine.kernels import DecodeAttention
 
             self.att = DecodeAttention(
                 cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, self.device
             )
-            dense = not any(
-                is_quantized(m) or getattr(m, "bias", None) is not None
-                for layer in model.model.layers
-                for m in layer.modules()
-                if m is not layer
-            )
+            mods = [m for layer in model.model.layers for m in layer.modules() if m is not layer]
+            plain = not any(getattr(m, "bias", None) is not None for m in mods)
+            nf4_ok = all(_nf4_supported(m) for m in mods if is_quantized(m))
             want = kernels or os.environ.get(ENV_KERNELS, "").strip().lower() or "triton"
-            self.kernels = "triton" if want == "triton" and dense else "inductor"
+            self.kernels = "triton" if want == "triton" and plain and nf4_ok else "inductor"
         elif self.compile:
             self.kernels = "inductor"
         self.eps = cfg.rms_norm_eps
@@ -272,6 +296,20 @@ class FastDecoder:
                 )
             )
         self.head = linear_spec(model.lm_head)
+        self.triton_weights: list[tuple] = []  # (ln1, qkv, o, ln2, gate_up, down) per layer
+        if self.kernels == "triton":
+            for layer in model.model.layers:
+                att, mlp = layer.self_attn, layer.mlp
+                self.triton_weights.append(
+                    (
+                        layer.input_layernorm.weight,
+                        triton_weight(att.qkv_proj),
+                        triton_weight(att.o_proj),
+                        layer.post_attention_layernorm.weight,
+                        triton_weight(mlp.gate_up_proj),
+                        triton_weight(mlp.down_proj),
+                    )
+                )
         self.tok = torch.zeros(1, dtype=torch.long, device=self.device)
         self.pos = torch.zeros(1, dtype=torch.long, device=self.device)
         self._host = torch.zeros(1, dtype=torch.long, pin_memory=self.graphs)
@@ -283,6 +321,8 @@ class FastDecoder:
         self.failed: str | None = None
         self._tuned = False
         self.tuning: dict[str, tuple] = {}  # matvec -> (config, seconds) on this GPU
+        self.tuning_cached = False  # every choice came from the on-disk cache
+        self.timings: dict[str, float] = {}  # start-up stages: tune_s, first_capture_s
         self.captures: list[tuple[int, float]] = []  # (bucket capacity, seconds) per capture
         self._bind()
 
@@ -325,14 +365,14 @@ class FastDecoder:
         return logits
 
     def _body_triton(self) -> torch.Tensor:
-        from smolchat.engine.kernels import argmax, gemv
+        from smolchat.engine.kernels import argmax, gemv, matvec
 
         assert self.att is not None  # the Triton body runs only with Triton attention
         eps, inv_freq = self.eps, self.model.rotary.inv_freq
         x = F.embedding(self.tok, self.model.model.embed_tokens.weight)[0]  # (C,), updated in place
-        for i, (w, consts) in enumerate(zip(self.layer_weights, self.layer_consts, strict=True)):
-            ln1, qkv_spec, o_spec, ln2, gu_spec, down_spec = w
-            qkv = gemv(x, qkv_spec[1], norm=ln1, eps=eps)
+        for i, (w, consts) in enumerate(zip(self.triton_weights, self.layer_consts, strict=True)):
+            ln1, qkv_w, o_w, ln2, gu_w, down_w = w
+            qkv = matvec(x, qkv_w, norm=ln1, eps=eps)
             y = self.att(
                 qkv,
                 self.cache.k[i],
@@ -343,33 +383,43 @@ class FastDecoder:
                 window=consts[7],
                 rope_scaling=consts[5],
             )
-            gemv(y, o_spec[1], res=x, out=x)
-            a = gemv(x, gu_spec[1], norm=ln2, eps=eps, gated=True)
-            gemv(a, down_spec[1], res=x, out=x)
+            matvec(y, o_w, res=x, out=x)
+            a = matvec(x, gu_w, norm=ln2, eps=eps, gated=True)
+            matvec(a, down_w, res=x, out=x)
         logits = gemv(x, self.head[1], norm=self.model.model.norm.weight, eps=eps)
         argmax(logits, self.tok)
         self.pos.add_(1)
         return logits.view(1, -1)
 
     def _tune(self) -> None:
-        """Pick each matvec's kernel config on this GPU (once per shape per process)."""
+        """Pick each matvec's kernel config on this GPU (once per shape: the choices are kept
+        on disk, see :mod:`smolchat.engine.tuning`, so later launches only read them)."""
         from smolchat.engine.kernels import tune_gemv
+        from smolchat.engine.tuning import Platform, TuningCache, default_path
 
-        w = list(zip(*self.layer_weights, strict=True))  # per slot: that slot of every layer
+        t0 = time.perf_counter()
+        cache = TuningCache(default_path())
+        platform = Platform.current(self.device)
+        w = list(zip(*self.triton_weights, strict=True))  # per slot: that slot of every layer
         ln1, ln2 = w[0][0], w[3][0]
         dt, dev = ln1.dtype, self.device
         x = torch.randn(ln1.shape[0], device=dev, dtype=dt)
-        mats = {name: [spec[1] for spec in w[i]] for name, i in (("qkv", 1), ("o", 2))}
-        mats.update({name: [spec[1] for spec in w[i]] for name, i in (("gu", 4), ("down", 5))})
+        mats = {"qkv": list(w[1]), "o": list(w[2]), "gu": list(w[4]), "down": list(w[5])}
         y = torch.randn(mats["o"][0].shape[1], device=dev, dtype=dt)
         a = torch.randn(mats["down"][0].shape[1], device=dev, dtype=dt)
-        self.tuning = {
-            "qkv": tune_gemv(x, mats["qkv"], norm=ln1),
-            "o": tune_gemv(y, mats["o"], res=x),
-            "gate_up": tune_gemv(x, mats["gu"], norm=ln2, gated=True),
-            "down": tune_gemv(a, mats["down"], res=x),
-            "head": tune_gemv(x, [self.head[1]], norm=ln1),
+        kw = {"cache": cache, "platform": platform}
+        found = {
+            "qkv": tune_gemv(x, mats["qkv"], norm=ln1, **kw),
+            "o": tune_gemv(y, mats["o"], res=x, **kw),
+            "gate_up": tune_gemv(x, mats["gu"], norm=ln2, gated=True, **kw),
+            "down": tune_gemv(a, mats["down"], res=x, **kw),
+            "head": tune_gemv(x, [self.head[1]], norm=ln1, **kw),
         }
+        self.tuning = {name: (cfg, secs) for name, (cfg, secs, _) in found.items()}
+        self.tuning_cached = all(hit for _, _, hit in found.values())
+        if not self.tuning_cached:
+            cache.save()
+        self.timings["tune_s"] = time.perf_counter() - t0
 
     @torch.inference_mode()  # the same grad mode whoever calls: no recompiles
     def _capture(self) -> None:
@@ -399,6 +449,7 @@ class FastDecoder:
         self.graph, self.logits = graph, logits
         self._key = self._cache_key()
         self.captures.append((self.cache.capacity, time.perf_counter() - t0))
+        self.timings.setdefault("first_capture_s", time.perf_counter() - t0)
 
     def _cache_key(self) -> tuple[int, int]:
         return (self.cache.capacity, self.cache.k[0].data_ptr() if self.cache.k else 0)

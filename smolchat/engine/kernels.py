@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from smolchat.engine.tuning import Platform, TuningCache
+
 # (BLOCK_N, BLOCK_K, num_warps) tried per matrix shape when tuning; the first is the default.
 # "torch" (cuBLAS plus separate norm / activation / residual kernels) competes too.
 GEMV_CONFIGS = (
@@ -36,7 +38,7 @@ GEMV_CONFIGS = (
 )
 ATTN_BLOCK_N = 64
 MAX_SPLITS = 64
-_tuned: dict[tuple, tuple[int, int, int] | str] = {}  # a config, or "torch"
+_tuned: dict[tuple, tuple | str] = {}  # a config, or "torch"
 
 
 @triton.jit
@@ -151,33 +153,52 @@ def _torch_gemv(x, w, *, out=None, norm=None, eps=1e-6, gated=False, res=None) -
     return out.copy_(y)
 
 
-def _key(w: torch.Tensor, norm, gated: bool, res) -> tuple:
+def _key(w: torch.Tensor | NF4Matrix, norm, gated: bool, res) -> tuple:
     return (tuple(w.shape), w.dtype, norm is not None, gated, res is not None)
+
+
+def matvec(x: torch.Tensor, w: torch.Tensor | NF4Matrix, **kwargs) -> torch.Tensor:
+    """:func:`gemv` for a dense weight, :func:`nf4_gemv` for an :class:`NF4Matrix`."""
+    if isinstance(w, NF4Matrix):
+        return nf4_gemv(x, w, **kwargs)
+    return gemv(x, w, **kwargs)
 
 
 def tune_gemv(
     x: torch.Tensor,
-    weights: list[torch.Tensor],
+    weights: list,
     *,
     norm: torch.Tensor | None = None,
     gated: bool = False,
     res: torch.Tensor | None = None,
-) -> tuple[tuple | str, float]:
-    """Pick the fastest config for one matrix shape on this GPU; return it and its seconds.
+    cache: TuningCache | None = None,
+    platform: Platform | None = None,
+) -> tuple[tuple | str, float, bool]:
+    """Pick the fastest config for one matrix shape on this GPU.
 
-    Each candidate runs once per layer's matrix (so the weights stream from memory, not L2,
-    as in a real step), captured in a CUDA graph (so launch overhead does not hide it).
+    Returns ``(config, seconds per matvec, from_cache)``. ``weights`` are dense ``(N, K)``
+    tensors or :class:`NF4Matrix` (one per layer). Each candidate runs once per layer's matrix
+    (so the weights stream from memory, not L2, as in a real step), captured in a CUDA graph
+    (so launch overhead does not hide it). With ``cache`` and ``platform``, a stored choice is
+    used as it is and a new one is stored.
     """
     key = _key(weights[0], norm, gated, res)
     if key in _tuned and key in _tuned_s:
-        return _tuned[key], _tuned_s[key]
-    best: tuple[int, int, int] | str = GEMV_CONFIGS[0]
+        return _tuned[key], _tuned_s[key], True
+    if cache is not None and platform is not None:
+        hit = cache.get(platform, key)
+        if hit is not None:
+            _tuned[key], _tuned_s[key] = hit
+            return hit[0], hit[1], True
+    nf4 = isinstance(weights[0], NF4Matrix)
+    configs: tuple = NF4_CONFIGS if nf4 else GEMV_CONFIGS
+    best: tuple | str = configs[0]
     best_t = math.inf
-    for cfg in (*GEMV_CONFIGS, "torch"):
+    for cfg in (*configs, "torch"):
         try:
             t = _time_graph(
                 lambda cfg=cfg: [
-                    gemv(x, w, norm=norm, gated=gated, res=res, config=cfg) for w in weights
+                    matvec(x, w, norm=norm, gated=gated, res=res, config=cfg) for w in weights
                 ]
             )
         except Exception:  # a config this device cannot run (resources): skip it
@@ -187,7 +208,9 @@ def tune_gemv(
         if t < best_t:
             best, best_t = cfg, t
     _tuned[key], _tuned_s[key] = best, best_t
-    return best, best_t
+    if cache is not None and platform is not None and math.isfinite(best_t):
+        cache.put(platform, key, best, best_t)
+    return best, best_t, False
 
 
 _tuned_s: dict[tuple, float] = {}
@@ -213,6 +236,254 @@ def _time_graph(fn, replays: int = 5) -> float:
     end.record()
     end.synchronize()
     return start.elapsed_time(end) / 1000 / replays
+
+
+# --- NF4 (bitsandbytes' storage, read as it is) ---------------------------------------------
+
+# (BLOCK_N rows, BLOCK_G 64-weight blocks per step, num_warps) tried per NF4 shape.
+NF4_CONFIGS = (
+    (8, 8, 4),
+    (4, 16, 4),
+    (4, 8, 4),
+    (16, 4, 4),
+    (2, 16, 4),
+    (8, 16, 8),
+    (2, 32, 4),
+    (1, 32, 4),
+)
+NF4_BLOCK = 64
+# True: round each dequantized weight to the model dtype before the product, exactly as
+# bitsandbytes' dequantize-then-matmul does. False: the block's scale applied in float32 after
+# the block's sum (one rounding fewer than bnb, within bf16 rounding of its output; 5-8%
+# faster on an H200). The benchmark measures both.
+NF4_ROUND_WEIGHTS = False
+
+
+@triton.jit
+def _nf4_gemv_kernel(
+    X,
+    P,
+    CODE,
+    A,
+    A2,
+    CODE2,
+    OFFSET,
+    OUT,
+    RES,
+    NW,
+    N,
+    K,
+    KB,
+    NB,
+    eps,
+    NESTED: tl.constexpr,
+    NORM: tl.constexpr,
+    GATED: tl.constexpr,
+    RESID: tl.constexpr,
+    ROUND_W: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    kb = KB  # packed bytes per row (K / 2)
+    nb = NB  # 64-weight blocks per row (K / 64)
+    gs = tl.arange(0, BLOCK_G)
+    es = tl.arange(0, 32)
+    dtype = OUT.dtype.element_ty
+    r64 = rows.to(tl.int64)
+    acc = tl.zeros([BLOCK_N, BLOCK_G], tl.float32)
+    if GATED:
+        acc2 = tl.zeros([BLOCK_N, BLOCK_G], tl.float32)
+    if NORM:
+        ss = tl.zeros([BLOCK_G, 32], tl.float32)
+    if NESTED:
+        offset = tl.load(OFFSET)
+    for g0 in range(0, nb, BLOCK_G):
+        g = g0 + gs  # block index within the row
+        gmask = g < nb
+        byte = g[:, None] * 32 + es[None, :]  # (BLOCK_G, 32) byte within the row
+        xmask = gmask[:, None]
+        xe = tl.load(X + 2 * byte, mask=xmask, other=0.0).to(tl.float32)  # each pair's first
+        xo = tl.load(X + 2 * byte + 1, mask=xmask, other=0.0).to(tl.float32)
+        if NORM:  # one pass: W @ (x * nw) now, times rstd (a scalar) at the end
+            ss += xe * xe + xo * xo
+            xe = xe * tl.load(NW + 2 * byte, mask=xmask, other=0.0).to(tl.float32)
+            xo = xo * tl.load(NW + 2 * byte + 1, mask=xmask, other=0.0).to(tl.float32)
+        m3 = rmask[:, None, None] & gmask[None, :, None]
+        m2 = rmask[:, None] & gmask[None, :]
+        for half in tl.static_range(2 if GATED else 1):
+            rr = r64 + half * N
+            bidx = rr[:, None] * nb + g[None, :]
+            if NESTED:  # absmax = code2[a8] * absmax2[block // 256] + offset
+                a8 = tl.load(A + bidx, mask=m2, other=0).to(tl.int32)
+                scale = tl.load(CODE2 + a8) * tl.load(A2 + bidx // 256, mask=m2, other=0.0)
+                scale = scale + offset
+            else:
+                scale = tl.load(A + bidx, mask=m2, other=0.0)
+            p = tl.load(P + rr[:, None, None] * kb + byte[None, :, :], mask=m3, other=0)
+            p = p.to(tl.int32)
+            wa = tl.load(CODE + (p >> 4))  # the high nibble is the first weight
+            wb = tl.load(CODE + (p & 15))
+            if ROUND_W:  # each weight rounded to the model dtype, as bnb's dequantize does
+                s3 = scale[:, :, None]
+                wa = (wa * s3).to(dtype).to(tl.float32)
+                wb = (wb * s3).to(dtype).to(tl.float32)
+                part = tl.sum(wa * xe[None, :, :] + wb * xo[None, :, :], 2)
+            else:  # one scale per block, after the block's sum
+                part = tl.sum(wa * xe[None, :, :] + wb * xo[None, :, :], 2) * scale
+            if half == 0:
+                acc += part
+            else:
+                acc2 += part
+    out = tl.sum(acc, 1)
+    if NORM:
+        rstd = tl.rsqrt(tl.sum(tl.sum(ss, 1), 0) / K + eps)
+        out = out * rstd
+    if GATED:  # silu(gate) * up, each rounded like the eager ops
+        up = tl.sum(acc2, 1)
+        if NORM:
+            up = up * rstd
+        gt = out.to(dtype).to(tl.float32)
+        u = up.to(dtype).to(tl.float32)
+        out = (gt * tl.sigmoid(gt)).to(dtype).to(tl.float32) * u
+    if RESID:
+        r = tl.load(RES + rows, mask=rmask, other=0.0).to(tl.float32)
+        out = r + out.to(dtype).to(tl.float32)
+    tl.store(OUT + rows, out.to(dtype), mask=rmask)
+
+
+class NF4Matrix:
+    """A bitsandbytes NF4 weight ``(N, K)`` as it is stored, described for the matvec kernel.
+
+    - ``packed``: uint8 ``(N * K / 2,)``, two codes a byte, the first weight in the high nibble.
+    - ``absmax``: the per-64-weight scales: float32 ``(N * K / 64,)``, or, double-quantized
+      (``nested``), uint8 codes into ``code2`` (256 float32) times ``absmax2`` (float32, one per
+      256 blocks) plus ``offset`` (float32 scalar tensor).
+    - ``code``: the 16 NF4 values (float32).
+    """
+
+    def __init__(self, packed, n, k, code, absmax, absmax2=None, code2=None, offset=None):
+        self.packed = packed.reshape(-1)
+        self.n, self.k = int(n), int(k)
+        self.code = code.float().contiguous()
+        self.absmax = absmax.reshape(-1)
+        self.nested = absmax2 is not None
+        self.absmax2 = absmax2.reshape(-1) if absmax2 is not None else self.absmax
+        self.code2 = code2.float().contiguous() if code2 is not None else self.code
+        if offset is None:
+            offset = torch.zeros((), dtype=torch.float32)
+        elif not torch.is_tensor(offset):
+            offset = torch.tensor(float(offset), dtype=torch.float32)
+        self.offset = offset.to(device=self.packed.device, dtype=torch.float32).reshape(1)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n, self.k)
+
+    @property
+    def dtype(self) -> str:
+        return "nf4" + ("-nested" if self.nested else "")
+
+    @staticmethod
+    def supports(n: int, k: int, blocksize: int, nested_blocksize: int | None) -> bool:
+        return blocksize == NF4_BLOCK and k % NF4_BLOCK == 0 and nested_blocksize in (None, 256)
+
+    @classmethod
+    def from_quant_state(cls, packed: torch.Tensor, qs) -> NF4Matrix:
+        """From a bitsandbytes ``Params4bit`` tensor and its ``QuantState`` (NF4, blocksize 64)."""
+        n, k = (int(d) for d in qs.shape)
+        if qs.nested:
+            return cls(
+                packed, n, k, qs.code, qs.absmax, qs.state2.absmax, qs.state2.code, qs.offset
+            )
+        return cls(packed, n, k, qs.code, qs.absmax)
+
+    def dequantize(self) -> torch.Tensor:
+        """float32 ``(N, K)``: the weights as bitsandbytes' dequantize computes them."""
+        b = self.packed.long()
+        codes = torch.stack([b >> 4, b & 15], 1).reshape(-1)
+        if self.nested:
+            blocks = torch.arange(self.absmax.numel(), device=b.device) // 256
+            scale = self.code2[self.absmax.long()] * self.absmax2[blocks] + self.offset
+        else:
+            scale = self.absmax.float()
+        w = self.code[codes].reshape(-1, NF4_BLOCK) * scale[:, None]
+        return w.reshape(self.n, self.k)
+
+
+def nf4_gemv(
+    x: torch.Tensor,
+    w: NF4Matrix,
+    *,
+    out: torch.Tensor | None = None,
+    norm: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    gated: bool = False,
+    res: torch.Tensor | None = None,
+    config: tuple | str | None = None,
+) -> torch.Tensor:
+    """:func:`gemv` for an NF4 weight: ``(K,) -> (N,)`` (``gated``: ``(N/2,)``), dequantizing
+    in registers (fp32 products, fp32 accumulation), nothing dequantized to memory."""
+    n, k = w.shape
+    if gated:
+        n //= 2
+    cfg = config or _tuned.get(_key(w, norm, gated, res), NF4_CONFIGS[0])
+    if isinstance(cfg, str):  # "torch"
+        return _torch_nf4_gemv(x, w, out=out, norm=norm, eps=eps, gated=gated, res=res)
+    if out is None:
+        out = torch.empty(n, device=x.device, dtype=x.dtype)
+    block_n, block_g, warps = cfg
+    _nf4_gemv_kernel[(triton.cdiv(n, block_n),)](
+        x,
+        w.packed,
+        w.code,
+        w.absmax,
+        w.absmax2,
+        w.code2,
+        w.offset,
+        out,
+        res if res is not None else out,
+        norm if norm is not None else x,
+        n,
+        k,
+        k // 2,
+        k // NF4_BLOCK,
+        eps,
+        NESTED=w.nested,
+        NORM=norm is not None,
+        GATED=gated,
+        RESID=res is not None,
+        ROUND_W=NF4_ROUND_WEIGHTS,
+        BLOCK_N=block_n,
+        BLOCK_G=block_g,
+        num_warps=warps,
+    )
+    return out
+
+
+def _torch_nf4_gemv(x, w: NF4Matrix, *, out=None, norm=None, eps=1e-6, gated=False, res=None):
+    """The same operation through bitsandbytes' 4-bit matvec plus torch ops."""
+    h = torch.nn.functional.rms_norm(x, norm.shape, norm, eps) if norm is not None else x
+    if w.nested:  # bnb's op takes the nested scales as absmax, the uint8 codes as absmax_8bit
+        scales = (w.absmax2, w.absmax, w.code2, w.offset.reshape(()))
+    else:
+        scales = (w.absmax, None, None, None)
+    gemm = torch.ops.bitsandbytes.gemm_4bit.default
+    shape = list(w.shape)
+    y = gemm(
+        h.view(1, -1), w.packed.view(-1, 1), shape, scales[0], NF4_BLOCK, "nf4", None, *scales[1:]
+    )
+    y = y.view(-1)
+    if gated:  # one elementwise kernel each, written straight into ``out``
+        half = y.shape[0] // 2
+        return torch.mul(torch.nn.functional.silu(y[:half]), y[half:], out=out)
+    if res is not None:
+        return torch.add(res, y, out=out)
+    if out is None:
+        return y
+    return out.copy_(y)
 
 
 @triton.jit
