@@ -540,11 +540,13 @@ def phase_startup(res: Results, folder: Path, args) -> None:
     if not (folder / "tokenizer.json").exists():
         build_tokenizer(folder)
     cache = args.work / "startup-cache"
-    env = {**os.environ, "SMOLCHAT_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "SMOLCHAT_CACHE_DIR": str(cache), "PYTHONPATH": path}
+    probe = ROOT / "benchmarks" / "startup_probe.py"
     for mode, extra in (("bf16", []), ("nf4", ["--quantize", "nf4"])):
         if (cache / "matvec-tuning.json").exists():
             (cache / "matvec-tuning.json").unlink()
-        runs = []
+        runs, stages = [], []
         for _ in range(2):
             cmd = [sys.executable, "-m", "smolchat", str(folder), "-p", "Hello there"]
             cmd += ["--max-new-tokens", "64", *extra]
@@ -554,8 +556,15 @@ def phase_startup(res: Results, folder: Path, args) -> None:
             if proc.returncode != 0:
                 res.put("startup", {f"{mode}_error": proc.stderr[-400:]})
                 break
-        res.put("startup", {f"{mode}_process_s": runs})
-        log(f"startup {mode}: {runs}")
+        for _ in range(2):  # the same launch, stage by stage (tuning cache warm by now)
+            cmd = [sys.executable, str(probe), str(folder), *extra]
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+            if proc.returncode == 0:
+                stages.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            else:
+                stages.append({"error": proc.stderr[-300:]})
+        res.put("startup", {f"{mode}_process_s": runs, f"{mode}_stages": stages})
+        log(f"startup {mode}: {runs} {stages}")
 
 
 # --- transformers ----------------------------------------------------------------------------

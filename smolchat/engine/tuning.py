@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,12 +50,10 @@ class Platform:
         import torch
         import triton
 
-        try:
-            import bitsandbytes
-
-            bnb: str | None = bitsandbytes.__version__
-        except Exception:
-            bnb = None
+        # bitsandbytes only matters (and is only loaded) for NF4 weights; importing it just to
+        # read its version would cost a bf16 launch seconds
+        module = sys.modules.get("bitsandbytes")
+        bnb: str | None = getattr(module, "__version__", None)
         major, minor = torch.cuda.get_device_capability(device)
         return cls(
             gpu=torch.cuda.get_device_name(device),
