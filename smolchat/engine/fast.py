@@ -192,7 +192,7 @@ def _nf4_supported(module: nn.Module) -> bool:
     """Whether our NF4 matvec kernel reads this bitsandbytes weight as it is stored."""
     from smolchat.engine.kernels import NF4Matrix
 
-    qs = module.weight.quant_state
+    qs: Any = getattr(module.weight, "quant_state", None)  # bitsandbytes' QuantState
     if qs.quant_type != "nf4" or getattr(qs, "packing_format_for_cpu", False):
         return False
     n, k = (int(d) for d in qs.shape)
@@ -206,7 +206,8 @@ def triton_weight(module: nn.Module) -> Any:
         return module.weight
     from smolchat.engine.kernels import NF4Matrix
 
-    return NF4Matrix.from_quant_state(module.weight.data, module.weight.quant_state)
+    weight: Any = module.weight  # bitsandbytes' Params4bit
+    return NF4Matrix.from_quant_state(weight.data, weight.quant_state)
 
 
 def linear_spec(module: nn.Module) -> LinearSpec:
@@ -298,14 +299,15 @@ class FastDecoder:
         self.head = linear_spec(model.lm_head)
         self.triton_weights: list[tuple] = []  # (ln1, qkv, o, ln2, gate_up, down) per layer
         if self.kernels == "triton":
-            for layer in model.model.layers:
-                att, mlp = layer.self_attn, layer.mlp
+            for module in model.model.layers:
+                block = cast(DecoderLayer, module)
+                att, mlp = block.self_attn, block.mlp
                 self.triton_weights.append(
                     (
-                        layer.input_layernorm.weight,
+                        block.input_layernorm.weight,
                         triton_weight(att.qkv_proj),
                         triton_weight(att.o_proj),
-                        layer.post_attention_layernorm.weight,
+                        block.post_attention_layernorm.weight,
                         triton_weight(mlp.gate_up_proj),
                         triton_weight(mlp.down_proj),
                     )
@@ -407,13 +409,13 @@ class FastDecoder:
         mats = {"qkv": list(w[1]), "o": list(w[2]), "gu": list(w[4]), "down": list(w[5])}
         y = torch.randn(mats["o"][0].shape[1], device=dev, dtype=dt)
         a = torch.randn(mats["down"][0].shape[1], device=dev, dtype=dt)
-        kw = {"cache": cache, "platform": platform}
+        c, pf = cache, platform
         found = {
-            "qkv": tune_gemv(x, mats["qkv"], norm=ln1, **kw),
-            "o": tune_gemv(y, mats["o"], res=x, **kw),
-            "gate_up": tune_gemv(x, mats["gu"], norm=ln2, gated=True, **kw),
-            "down": tune_gemv(a, mats["down"], res=x, **kw),
-            "head": tune_gemv(x, [self.head[1]], norm=ln1, **kw),
+            "qkv": tune_gemv(x, mats["qkv"], norm=ln1, cache=c, platform=pf),
+            "o": tune_gemv(y, mats["o"], res=x, cache=c, platform=pf),
+            "gate_up": tune_gemv(x, mats["gu"], norm=ln2, gated=True, cache=c, platform=pf),
+            "down": tune_gemv(a, mats["down"], res=x, cache=c, platform=pf),
+            "head": tune_gemv(x, [self.head[1]], norm=ln1, cache=c, platform=pf),
         }
         self.tuning = {name: (cfg, secs) for name, (cfg, secs, _) in found.items()}
         self.tuning_cached = all(hit for _, _, hit in found.values())
