@@ -17,7 +17,9 @@ How to add a command (one place: a decorated function in this module)::
         no_args("stats", args)
         return CommandResult(describe_stats(session))
 
-* ``@command(name, usage, help, aliases=(), args=(), complete_arg=None)`` registers it.
+* ``@command(name, usage, help, aliases=(), args=(), complete_arg=None, read_only=False)``
+  registers it; ``read_only=True`` (the handler only reads the session) lets a UI run it while
+  a reply streams.
   ``/help``, the hint line above the prompt, Tab completion and the command palette list the
   commands in registration order, i.e. the order of the functions in this file.
 * The handler gets the session and the text after the name (stripped). Check the arguments
@@ -105,9 +107,10 @@ class HistoryChanged:
 
 @dataclass(frozen=True)
 class SwitchTheme:
-    """Switch to the colour theme ``name`` (checked by the UI, which knows the themes)."""
+    """Switch to the colour theme ``name`` (checked by the UI, which knows the themes);
+    ``None``: list the themes."""
 
-    name: str
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,7 @@ class Command:
     aliases: tuple[str, ...] = ()
     args: tuple[str, ...] = ()  # fixed argument words, for completion
     complete_arg: ArgCompleter | None = None  # computed completions of the argument
+    read_only: bool = False  # only reads the session: a UI may run it while a reply streams
 
     def arg_completions(self, partial: str, extra: Sequence[str] = ()) -> list[str]:
         """The arguments ``partial`` may complete to, sorted (fixed words, extra, computed)."""
@@ -176,13 +180,16 @@ def command(
     aliases: tuple[str, ...] = (),
     args: tuple[str, ...] = (),
     complete_arg: ArgCompleter | None = None,
+    read_only: bool = False,
 ) -> Callable[[Handler], Handler]:
     """Register the decorated handler as ``/name`` (see the module docstring)."""
 
     def register(fn: Handler) -> Handler:
         if name in COMMANDS or name in _ALIASES:
             raise ValueError(f"/{name} is registered twice")
-        COMMANDS[name] = Command(name, usage, help, fn, aliases, tuple(args), complete_arg)
+        COMMANDS[name] = Command(
+            name, usage, help, fn, aliases, tuple(args), complete_arg, read_only
+        )
         for alias in aliases:
             _ALIASES[alias] = name
         return fn
@@ -217,6 +224,17 @@ def find_command(word: str) -> Command | None:
     """The command named ``word`` (with or without ``/``, any case, aliases), or None."""
     key = word.lstrip("/").lower().replace("-", "_")
     return COMMANDS.get(_ALIASES.get(key, key))
+
+
+def is_read_only(line: str) -> bool:
+    """True if ``line`` is a command that only reads the session (/stats, /help): safe to run
+    while a reply streams."""
+    try:
+        name, _ = parse_command(line)
+    except CommandError:
+        return False
+    cmd = COMMANDS.get(name)
+    return cmd is not None and cmd.read_only
 
 
 def run_command(session: ChatSession, line: str) -> CommandResult:
@@ -258,7 +276,13 @@ def _cell(text: str) -> str:
 # --- the commands, in the order /help lists them --------------------------------------------
 
 
-@command("help", "/help [COMMAND]", "list the commands, or explain one", aliases=("h", "?"))
+@command(
+    "help",
+    "/help [COMMAND]",
+    "list the commands, or explain one",
+    aliases=("h", "?"),
+    read_only=True,
+)
 def _cmd_help(session: ChatSession, args: str) -> CommandResult:
     if args:
         key = args.split()[0].lstrip("/").lower().replace("-", "_")
@@ -403,17 +427,19 @@ def _cmd_drop(session: ChatSession, args: str) -> CommandResult:
     parts = args.split()
     if len(parts) > 1:
         raise CommandError("/drop takes one number: /drop N")
+    available = session.exchanges()
+    if available == 0:  # no range to offer ("from 1 to 1" on an empty chat)
+        raise CommandError("/drop: the conversation has no exchange yet; nothing to drop")
     n = 1
     if parts:
-        available = session.exchanges()
         try:
             n = int(parts[0])
         except ValueError:
             raise CommandError(
-                f"/drop needs a whole number from 1 to {max(available, 1)}, got {parts[0][:40]!r}"
+                f"/drop needs a whole number from 1 to {available}, got {parts[0][:40]!r}"
             ) from None
         if n < 1:
-            raise CommandError(f"/drop needs a whole number from 1 to {max(available, 1)}, got {n}")
+            raise CommandError(f"/drop needs a whole number from 1 to {available}, got {n}")
     dropped = session.drop_oldest(n)
     used, limit = session.context_used(), session.context_limit()
     plural = "s" if dropped != 1 else ""
@@ -458,7 +484,7 @@ def _fmt_stats(session: ChatSession) -> str:
     return "\n".join(lines)
 
 
-@command("stats", "/stats", "speed of the last reply and context use")
+@command("stats", "/stats", "speed of the last reply and context use", read_only=True)
 def _cmd_stats(session: ChatSession, args: str) -> CommandResult:
     no_args("stats", args)
     return CommandResult(_fmt_stats(session))
@@ -467,11 +493,13 @@ def _cmd_stats(session: ChatSession, args: str) -> CommandResult:
 _THEME_NAME = re.compile(r"[A-Za-z0-9][\w.-]{0,63}")
 
 
-@command("theme", "/theme NAME", "switch the colour theme")
+@command("theme", "/theme [NAME]", "switch the colour theme; no NAME: list the themes")
 def _cmd_theme(session: ChatSession, args: str) -> CommandResult:
     parts = args.split()
+    if not parts:
+        return CommandResult(effect=SwitchTheme(None))
     if len(parts) != 1:
-        raise CommandError("/theme needs one theme name: /theme NAME")
+        raise CommandError("/theme takes one theme name: /theme NAME (/theme lists them)")
     if not _THEME_NAME.fullmatch(parts[0]):
         raise CommandError(
             f"bad theme name {parts[0][:40]!r}: use letters, digits, '-', '_' or '.'"

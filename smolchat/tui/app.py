@@ -104,8 +104,14 @@ class SmolchatApp(App[None]):
             self._set_theme(DEFAULT_THEME)
 
     # ---- themes -----------------------------------------------------------------------
-    def apply_theme(self, name: str) -> bool:
-        """Switch to a theme from ``themes/``; an unknown name is reported, not raised."""
+    def apply_theme(self, name: str | None) -> bool:
+        """Switch to a theme from ``themes/``; an unknown name is reported, not raised;
+        ``None`` lists the themes."""
+        if name is None:
+            themes = ", ".join(available_themes())
+            current = self.theme_name or DEFAULT_THEME
+            self.notify(f"Themes: {themes} (now {current}); /theme NAME switches", markup=False)
+            return True
         if self._set_theme(name):
             self.notify(f"Theme: {name}", markup=False)
             return True

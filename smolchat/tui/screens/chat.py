@@ -34,6 +34,7 @@ from smolchat.chat.commands import (
     SwitchTheme,
     complete,
     is_command,
+    is_read_only,
     run_command,
 )
 from smolchat.chat.events import AnswerDelta, ChatEvent, ReasoningDelta, TurnFinished
@@ -271,6 +272,9 @@ class ChatScreen(Screen[None]):
     @on(PromptInput.Submitted)
     async def _on_submitted(self, event: PromptInput.Submitted) -> None:
         text = event.text
+        if self.generating and is_read_only(text):  # /stats, /help only read: run them now
+            await self.run_slash(text)
+            return
         if self.generating:
             self.notify(
                 "Still answering: press Esc to stop it first.", severity="warning", markup=False
