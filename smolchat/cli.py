@@ -128,14 +128,25 @@ def subcommand(name: str, help: str) -> Callable[[Callable[..., None]], Callable
         app = typer.Typer(
             add_completion=False, pretty_exceptions_enable=False, context_settings=_CONTEXT
         )
-        app.command(name=name, help=help)(fn)
+        app.command(name=name, help=help, cls=_HelpCommand)(fn)
         SUBCOMMANDS[name] = app
         return fn
 
     return register
 
 
-class _Dispatch(TyperCommand):
+class _HelpCommand(TyperCommand):
+    """A command whose --help shows no value for flags (typer would print ``--plain <bool>``,
+    although ``--plain false`` is an error) and never cuts a type name across lines."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        for param in self.get_params(ctx):  # the --help option too
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""  # a flag takes no value
+        super().format_help(ctx, formatter)
+
+
+class _Dispatch(_HelpCommand):
     """The chat command, which hands ``smolchat SUBCOMMAND ...`` to that sub-command."""
 
     def main(
@@ -189,7 +200,13 @@ def chat(
         str | None, typer.Option(help=DEVICE_HELP, callback=_check_device, rich_help_panel=MODEL)
     ] = None,
     dtype: Annotated[
-        DType | None, typer.Option(case_sensitive=False, rich_help_panel=MODEL)
+        DType | None,
+        typer.Option(
+            case_sensitive=False,
+            metavar="DTYPE",  # the choices in the help text: a column of them wraps mid-word
+            help="auto, bfloat16, float16 or float32 (auto: bf16 on CUDA, see the README).",
+            rich_help_panel=MODEL,
+        ),
     ] = None,
     quantize: Annotated[
         Quantize | None,

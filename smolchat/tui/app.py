@@ -23,7 +23,7 @@ from smolchat.errors import SmolchatError, is_out_of_memory, out_of_memory_line
 from smolchat.exit_codes import ExitCode
 from smolchat.tui.screens.chat import ChatScreen
 from smolchat.tui.screens.loading import LoadingScreen
-from smolchat.tui.themes import DEFAULT_THEME, available_themes, load_theme
+from smolchat.tui.themes import DEFAULT_THEME, available_themes, load_theme, palette_for
 
 if TYPE_CHECKING:
     from smolchat.chat.session import ChatSession
@@ -124,7 +124,9 @@ class SmolchatApp(App[None]):
             spec = load_theme(name)
         except (KeyError, OSError):
             return False
-        p = spec.palette
+        # a 256-colour terminal gets each colour's nearest displayable one (Rich's rounding
+        # turns some blue-greys teal)
+        p = palette_for(spec.palette, getattr(self.console, "color_system", None))
         theme = Theme(
             name=f"smolchat-{spec.name}",
             dark=spec.dark,

@@ -83,3 +83,36 @@ def _brightness(colour: str) -> float:
         return 0.0
     r, g, b = (int(match.group(1)[i : i + 2], 16) / 255 for i in (0, 2, 4))
     return 0.299 * r + 0.587 * g + 0.114 * b
+
+
+# ---- 256-colour terminals -------------------------------------------------------------------
+_CUBE = (0, 95, 135, 175, 215, 255)
+XTERM_256 = [(r, g, b) for r in _CUBE for g in _CUBE for b in _CUBE] + [
+    (v, v, v) for v in range(8, 248, 10)
+]  # colours 16-255 (0-15 are the terminal's own, so never relied on)
+
+
+def nearest_256(hex_colour: str) -> str:
+    """The xterm-256 colour nearest to ``#rrggbb`` (Euclidean RGB), as ``#rrggbb``.
+
+    Rich's own downgrade rounds each channel into the 6x6x6 cube unless the colour is nearly
+    grey, which turns nord's blue-grey #2e3440 into teal #005f5f; the nearest colour is the
+    dark grey #3a3a3a.
+    """
+    value = hex_colour.strip().lstrip("#")
+    if len(value) != 6:
+        return hex_colour
+    try:
+        r, g, b = (int(value[i : i + 2], 16) for i in (0, 2, 4))
+    except ValueError:
+        return hex_colour
+    best = min(XTERM_256, key=lambda c: (c[0] - r) ** 2 + (c[1] - g) ** 2 + (c[2] - b) ** 2)
+    return "#{:02x}{:02x}{:02x}".format(*best)
+
+
+def palette_for(palette: dict[str, str], color_system: str | None) -> dict[str, str]:
+    """``palette`` as the terminal can show it: on a 256-colour terminal every colour is
+    replaced by its nearest xterm-256 colour (hue kept), elsewhere it is unchanged."""
+    if color_system not in ("256", "eight_bit"):
+        return dict(palette)
+    return {name: nearest_256(colour) for name, colour in palette.items()}

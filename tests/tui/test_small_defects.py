@@ -63,3 +63,54 @@ async def test_theme_without_a_name_lists_the_themes() -> None:
         await command(pilot, "/theme")
         shown = [t for t in texts(notes) if t.startswith("Themes:")]
         assert shown == ["Themes: dark, gruvbox, light, nord (now dark); /theme NAME switches"]
+
+
+async def test_a_message_shows_without_its_thinking_flag_as_the_transcript_has_it(tmp_path):
+    from smolchat.tui.widgets.conversation import UserMessage
+
+    async with running(make_app(transcripts=tmp_path)) as (pilot, _):
+        screen = await submit(pilot, "what is 2+2? /no_think")
+        shown = [str(w.text) for w in screen.query(UserMessage)]
+        assert shown == ["what is 2+2?"]
+        assert screen.session.messages[0]["content"] == "what is 2+2?"
+
+
+@pytest.mark.parametrize("args", [["--help"], ["chats", "--help"]])
+def test_help_shows_no_value_for_flags_and_never_cuts_a_word(args: list[str]) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.reliability.helpers import ROOT
+
+    env = {**os.environ, "COLUMNS": "80", "TERM": "xterm-256color"}
+    out = subprocess.run(
+        [sys.executable, "-m", "smolchat", *args], capture_output=True, text=True, env=env,
+        cwd=ROOT, timeout=60,
+    ).stdout  # fmt: skip
+    assert "<bool>" not in out  # `--plain false` is an error: a flag takes no value
+    for word in ("bfloat16", "float16", "float32"):
+        if args == ["--help"]:
+            assert word in out  # whole on one line
+    assert all(len(line) <= 80 for line in out.splitlines())
+
+
+def test_every_theme_keeps_its_hues_on_256_colour_terminals() -> None:
+    """Each palette colour goes to its nearest xterm-256 colour, never to a far one (nord's
+    background became teal #005f5f through Rich's rounding)."""
+    from rich.color import Color, ColorSystem
+
+    from smolchat.tui.themes import available_themes, load_theme, palette_for
+
+    def distance(a: str, b: str) -> float:
+        x, y = Color.parse(a).get_truecolor(), Color.parse(b).get_truecolor()
+        return sum((p - q) ** 2 for p, q in zip(x, y, strict=True)) ** 0.5
+
+    for name in available_themes():
+        palette = load_theme(name).palette
+        shown = palette_for(palette, "256")
+        for key, colour in palette.items():
+            rich_way = Color.parse(colour).downgrade(ColorSystem.EIGHT_BIT).get_truecolor().hex
+            assert distance(colour, shown[key]) <= distance(colour, rich_way), (name, key)
+    assert palette_for(load_theme("nord").palette, "256")["background"] == "#3a3a3a"  # grey
+    assert palette_for(load_theme("nord").palette, "truecolor") == load_theme("nord").palette

@@ -39,6 +39,7 @@ from smolchat.chat.commands import (
 )
 from smolchat.chat.events import AnswerDelta, ChatEvent, ReasoningDelta, TurnFinished
 from smolchat.chat.history import PromptHistory
+from smolchat.chat.thinking import resolve_thinking
 from smolchat.editor import edit_text
 from smolchat.errors import ContextOverflowError, SmolchatError
 from smolchat.tui.screens.dialogs import (
@@ -693,7 +694,10 @@ class Turn:
     widgets: list[Widget] = field(init=False)
 
     def __post_init__(self) -> None:
-        user = [] if self.user_text is None else [UserMessage(self.user_text)]
+        # shown as the history records it: a trailing /think or /no_think flag is taken off
+        # (it set this turn's mode), so the view matches the transcript and a /load of it
+        shown = None if self.user_text is None else resolve_thinking(self.user_text, True)[0]
+        user = [] if shown is None else [UserMessage(shown)]
         self.widgets = [*user, self.reply]
 
 
