@@ -584,12 +584,13 @@ def make_session(engine: Any, config: RunConfig, *, store: bool = True) -> ChatS
     A resumed chat keeps its saved settings except those given on the command line; a line
     saying which won goes to ``config.notes``.
     """
+    from smolchat.backend.local import LocalBackend
     from smolchat.chat.config import apply_on_resume
     from smolchat.chat.session import ChatSession
     from smolchat.chat.transcript import TranscriptStore
 
     transcripts = TranscriptStore(config.transcripts, autosave=config.autosave) if store else None
-    session = ChatSession(engine, system_prompt=config.system, store=transcripts)
+    session = ChatSession(LocalBackend(engine), system_prompt=config.system, store=transcripts)
     settings = session.settings
     settings.sampling = settings.sampling.with_(**config.sampling)
     if config.max_new_tokens is not None:

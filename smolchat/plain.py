@@ -170,10 +170,9 @@ class PlainChat:
     def run(self, read: Callable[[str], str] | None = None) -> int:
         """Read lines until /exit, EOF or Ctrl+C at the prompt; return the exit status."""
         read = read or self.console.input
-        engine = self.session.engine
-        dtype = engine.quantize or str(engine.dtype).removeprefix("torch.")
+        backend = self.session.backend
         self.console.print(
-            Text(f"smolchat · {engine.model_name} · {engine.device} · {dtype}", style="bold")
+            Text(f"smolchat · {backend.model_name} · {backend.description}", style="bold")
         )
         self.console.print(Text("/help lists the commands; Ctrl+C stops a reply.", style="dim"))
         while True:

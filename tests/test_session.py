@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 import smolchat
+from smolchat.backend.local import align_to_seen
 from smolchat.chat.events import AnswerDelta, ReasoningDelta, TurnFinished
-from smolchat.chat.session import MIN_REPLY_ROOM, ChatSession, align_to_seen
+from smolchat.chat.session import MIN_REPLY_ROOM, ChatSession
 from smolchat.chat.settings import ChatSettings, sampling_from_defaults
 from smolchat.chat.tokenizer import Tokenizer
 from smolchat.chat.transcript import TranscriptStore, read_transcript
@@ -59,6 +60,12 @@ def make_session(engine, tmp_path: Path | None = None, **kwargs) -> ChatSession:
     settings = ChatSettings(sampling=SamplingParams(temperature=0.0), max_new_tokens=8)
     store = TranscriptStore(tmp_path / "transcripts") if tmp_path is not None else None
     return ChatSession(engine, settings=settings, store=store, **kwargs)
+
+
+def rendered(session, history, add_generation_prompt=True) -> list[int]:
+    """The ids the local backend renders for ``history`` (thinking on)."""
+    conversation = session.conversation(history, True)
+    return session.backend.render_ids(conversation, add_generation_prompt=add_generation_prompt)
 
 
 def finished(events) -> TurnFinished:
@@ -358,10 +365,10 @@ def test_context_overflow_is_refused_and_drop_oldest_fixes_it(engine, monkeypatc
     for q in QUESTIONS[:3]:
         finished(session.send(q))
     used = session.context_used()
-    assert used == len(session._encode(session.messages, True, add_generation_prompt=False))
+    assert used == len(rendered(session, session.messages, add_generation_prompt=False))
     ask = {"role": "user", "content": QUESTIONS[3]}
-    full = len(session._encode([*session.messages, ask], True))
-    after_drop = len(session._encode([*session.messages[2:], ask], True))
+    full = len(rendered(session, [*session.messages, ask]))
+    after_drop = len(rendered(session, [*session.messages[2:], ask]))
     limit = after_drop + session.settings.max_new_tokens  # fits only without the oldest turn
     assert full + session.settings.max_new_tokens > limit
     monkeypatch.setattr(engine, "context_length", limit)

@@ -329,7 +329,7 @@ def _cmd_system(session: ChatSession, args: str) -> CommandResult:
         session.set_system(None)
         return CommandResult("System prompt cleared (the model's default applies).")
     args = valid_text(args)
-    tokens = len(session.engine.tokenizer.encode(args))
+    tokens = session.backend.count_text(args)
     room = session.context_limit() - MIN_REPLY_ROOM
     if tokens > room:
         raise CommandError(
@@ -395,7 +395,7 @@ def _cmd_load(session: ChatSession, args: str) -> CommandResult:
     data = session.load(Path(raw))
     turns = session.exchanges()
     note = ""
-    model = str(getattr(session.engine, "model_name", "") or "")
+    model = session.backend.model_name
     if data.model and model and data.model != model:
         note = f" It was recorded with {data.model}."
     message = f"Loaded {turns} turn{'s' if turns != 1 else ''} from {raw}.{note}"
@@ -453,8 +453,7 @@ def _fmt_stats(session: ChatSession) -> str:
     used, limit = session.context_used(), session.context_limit()
     pct = 100.0 * used / limit if limit else 0.0
     lines = [
-        f"- model: {getattr(session.engine, 'model_name', '') or 'unknown'}"
-        f" ({getattr(session.engine, 'device', '?')}, {getattr(session.engine, 'dtype', '?')})",
+        f"- model: {session.backend.model_name or 'unknown'} ({session.backend.description})",
         f"- context: {used} / {limit} tokens ({pct:.1f}%)",
         f"- turns: {session.exchanges()}",
     ]

@@ -4,21 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from smolchat.engine.types import FinishReason, GenerationStats
+from smolchat.backend.types import AnswerDelta, FinishReason, GenerationStats, ReasoningDelta
 
-
-@dataclass
-class ReasoningDelta:
-    """More text inside ``<think> ... </think>``."""
-
-    text: str
-
-
-@dataclass
-class AnswerDelta:
-    """More text of the visible answer."""
-
-    text: str
+__all__ = ["AnswerDelta", "ChatEvent", "ReasoningDelta", "TurnFinished"]
 
 
 @dataclass

@@ -113,7 +113,10 @@ class Engine:
         max_new_tokens: int = 256,
         stop_ids: Sequence[int] | None = None,
     ) -> Iterator[GenerationEvent]:
-        """Stream events for the reply to ``ids``; the last event has finish_reason and stats."""
+        """Stream events for the reply to ``ids``; the last event has finish_reason and stats.
+
+        The reply ends at ``max_new_tokens`` (finish reason ``length``) or where the context
+        window is full (``context``, when it comes first)."""
         if not self._lock.acquire(blocking=False):
             raise SmolchatError("the engine is already generating; wait for it or cancel it")
         try:
@@ -135,7 +138,9 @@ class Engine:
                 f"the prompt has {len(ids)} tokens but the context holds {self.context_length}; "
                 "drop older turns"
             )
-        max_new_tokens = min(max_new_tokens, self.context_length - len(ids))
+        room = self.context_length - len(ids)
+        cut = "context" if room < max_new_tokens else "length"  # what reaching the budget means
+        max_new_tokens = min(max_new_tokens, room)
         stops = set(self.eos_token_ids if stop_ids is None else stop_ids)
         stats = GenerationStats(prompt_tokens=len(ids))
         t0 = time.perf_counter()
@@ -178,7 +183,7 @@ class Engine:
                 text = decoder.add(token_id)
                 last = stats.generated_tokens >= max_new_tokens
                 if last or self._cancel.is_set():
-                    finish = "length" if last else "cancelled"
+                    finish = cut if last else "cancelled"
                     # the token is shown but not fed: the cache holds everything before it
                     tail = decoder.flush()
                     stats.decode_s = time.perf_counter() - t_first

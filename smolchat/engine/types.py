@@ -7,7 +7,9 @@ from typing import Any, ClassVar, Literal
 
 from smolchat.errors import SamplingError
 
-FinishReason = Literal["stop", "length", "cancelled", "error"]
+# stop: the model ended its reply; length: max_new_tokens reached; context: the context window is
+# full (prompt + reply = context length); cancelled; error.
+FinishReason = Literal["stop", "length", "context", "cancelled", "error"]
 
 # Temperatures below this decode greedily (vLLM's threshold): dividing logits by a smaller one
 # only overflows float32 on the way to the same argmax.

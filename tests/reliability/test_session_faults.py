@@ -61,6 +61,12 @@ def greedy_session(engine, **kwargs) -> ChatSession:
     return ChatSession(engine, settings=settings, **kwargs)
 
 
+def rendered(session, history, add_generation_prompt=True) -> list[int]:
+    """The ids the local backend renders for ``history`` (thinking on)."""
+    conversation = session.conversation(history, True)
+    return session.backend.render_ids(conversation, add_generation_prompt=add_generation_prompt)
+
+
 def finished(events) -> TurnFinished:
     events = list(events)
     assert isinstance(events[-1], TurnFinished)
@@ -97,7 +103,7 @@ def test_overflow_error_says_how_many_turns_to_drop(engine, monkeypatch) -> None
     for question in ("Hello!", "What is the capital of France?", "And of Italy?"):
         finished(session.send(question))
     ask = {"role": "user", "content": "Thank you, how can I help you today?"}
-    without_two = len(session._encode([*session.messages[4:], ask], True))
+    without_two = len(rendered(session, [*session.messages[4:], ask]))
     monkeypatch.setattr(engine, "context_length", without_two + 6)  # fits once 2 are gone
     with pytest.raises(ContextOverflowError) as info:
         session.send(ask["content"])

@@ -7,7 +7,7 @@ from smolchat.tui.widgets.conversation import code_blocks
 from smolchat.tui.widgets.status import StatusInfo
 
 INFO = StatusInfo(
-    model="HuggingFaceTB/SmolLM3-3B", device="cuda", precision="bfloat16", thinking=True,
+    model="HuggingFaceTB/SmolLM3-3B", where="cuda bfloat16", thinking=True,
     temperature=0.6, top_p=0.95, context_used=1234, context_limit=65536,
     last_stats=GenerationStats(generated_tokens=11, ttft_s=0.125, decode_s=0.1),
 )  # fmt: skip

@@ -243,13 +243,12 @@ class ChatScreen(Screen[None]):
         self.refresh_status()
 
     def refresh_status(self) -> None:
-        engine = self.session.engine
+        backend = self.session.backend
         settings = self.session.settings
         self.query_one(StatusBar).show(
             StatusInfo(
-                model=str(engine.model_name),
-                device=str(engine.device),
-                precision=engine.quantize or str(engine.dtype).removeprefix("torch."),
+                model=backend.model_name,
+                where=backend.description,
                 thinking=settings.thinking,
                 temperature=settings.sampling.temperature,
                 top_p=settings.sampling.top_p,

@@ -17,8 +17,7 @@ class StatusInfo:
     """What the status bar shows (built from the session on the UI thread)."""
 
     model: str
-    device: str
-    precision: str  # dtype, or the quantization
+    where: str  # the backend's description: "cpu float32", "cuda nf4", "remote: URL"
     thinking: bool
     temperature: float
     top_p: float
@@ -31,7 +30,7 @@ class StatusInfo:
         """(priority, text) of each field; the lowest priorities go first when space is short."""
         parts = [
             (4, self.model.rstrip("/").rsplit("/", 1)[-1]),  # the repo name, not its owner
-            (5, f"{self.device} {self.precision}"),
+            (5, self.where),
             (6, "think" if self.thinking else "no_think"),
             (3, f"T {self.temperature:g}"),
             (1, f"top_p {self.top_p:g}"),
