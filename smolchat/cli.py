@@ -716,12 +716,12 @@ def one_shot(config: RunConfig) -> int:
 def cut_note(finished: Any, max_new_tokens: int) -> str:
     """Why a -p answer is incomplete, and what to do: one line for stderr."""
     generated = finished.stats.generated_tokens if finished.stats is not None else 0
-    if finished.finish_reason == "length" and generated >= max_new_tokens:
+    if finished.finish_reason == "length":  # the engine tells this from a full context
         return (
             f"the answer was cut at max_new_tokens ({max_new_tokens} tokens); "
             "raise --max-new-tokens for a longer one (exit status 3)"
         )
-    if finished.finish_reason in ("length", "context"):
+    if finished.finish_reason == "context":
         return (
             f"the answer was cut after {generated} tokens: the context window is full; "
             "shorten the prompt (exit status 3)"

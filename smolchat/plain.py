@@ -24,6 +24,7 @@ from rich.markdown import Markdown
 from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.text import Text
 
+from smolchat.backend.types import GenerationStats
 from smolchat.chat.commands import (
     Effect,
     HistoryChanged,
@@ -34,8 +35,8 @@ from smolchat.chat.commands import (
     SwitchTheme,
 )
 from smolchat.chat.events import AnswerDelta, ChatEvent, ReasoningDelta, TurnFinished
+from smolchat.chat.format import reply_line
 from smolchat.chat.text import printable
-from smolchat.engine.types import GenerationStats
 from smolchat.errors import SmolchatError
 
 if TYPE_CHECKING:
@@ -147,14 +148,7 @@ def join_thread(thread: threading.Thread, session: ChatSession) -> None:
 
 def stats_line(stats: GenerationStats | None, finish_reason: str | None) -> str:
     """``42 tokens · 35.0 tok/s · TTFT 0.12s`` plus how the reply ended, if unusual."""
-    parts = []
-    if finish_reason == "cancelled":
-        parts.append("stopped")
-    elif finish_reason == "length":
-        parts.append("cut at max_new_tokens")
-    if stats is not None:
-        parts += stats.summary()
-    return " · ".join(parts)
+    return reply_line(None if finish_reason == "error" else finish_reason, stats)
 
 
 class PlainChat:

@@ -287,11 +287,11 @@ def test_undo_clear_and_drop(session) -> None:
 
 def test_stats(session) -> None:
     text = run_command(session, "/stats").message
-    assert "last reply: none yet" in text and "context: 0 / 4096" in text
+    assert "last reply: none yet" in text and "context: 0/4,096" in text and "(cpu float32)" in text
     chat(session)
     text = run_command(session, "/stats").message
     used = session.context_used()
-    assert f"context: {used} / 4096 tokens" in text and "tok/s decode" in text
+    assert f"context: {used:,}/4,096 tokens" in text and "tok/s decode" in text
     assert "from cache" in text and f"transcript: {session.transcript_path}" in text
     refused(session, "/stats now", "takes no argument")
 

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smolchat.chat.events import ChatEvent
+from smolchat.chat.format import context_use, finish_note
 from smolchat.chat.session import MIN_REPLY_ROOM, ChatSession
 from smolchat.chat.settings import (
     SETTINGS,
@@ -443,8 +444,9 @@ def _cmd_drop(session: ChatSession, args: str) -> CommandResult:
     dropped = session.drop_oldest(n)
     used, limit = session.context_used(), session.context_limit()
     plural = "s" if dropped != 1 else ""
+    use = context_use(used, limit)
     return CommandResult(
-        f"Dropped the {dropped} oldest exchange{plural}; context {used}/{limit} tokens.",
+        f"Dropped the {dropped} oldest exchange{plural}; context {use} tokens.",
         HistoryChanged(),
     )
 
@@ -454,7 +456,7 @@ def _fmt_stats(session: ChatSession) -> str:
     pct = 100.0 * used / limit if limit else 0.0
     lines = [
         f"- model: {session.backend.model_name or 'unknown'} ({session.backend.description})",
-        f"- context: {used} / {limit} tokens ({pct:.1f}%)",
+        f"- context: {context_use(used, limit)} tokens ({pct:.1f}%)",
         f"- turns: {session.exchanges()}",
     ]
     st = session.last_stats
@@ -465,6 +467,9 @@ def _fmt_stats(session: ChatSession) -> str:
             f"- last reply: {st.generated_tokens} tokens, {st.finish_reason or '?'}; "
             f"{st.decode_tok_s:.1f} tok/s decode"
         )
+        note = finish_note(st.finish_reason)
+        if note is not None and st.finish_reason != "cancelled":
+            lines.append(f"- the last reply was {note}")
         lines.append(
             f"- last prompt: {st.prompt_tokens} tokens, {st.cached_tokens} from cache, "
             f"{st.prefilled_tokens} prefilled at {st.prefill_tok_s:.0f} tok/s; "

@@ -173,9 +173,16 @@ def _inline_raw(text: str, limit: int) -> str:
     return line.encode("utf-8", "replace").decode("utf-8")
 
 
+_FINISH_WORDS = {
+    "length": "length (cut at max_new_tokens)",
+    "context": "context (cut: the context window was full)",
+}
+
+
 def _fmt_stats(msg: dict[str, Any]) -> str:
     stats = msg.get("stats") or {}
-    parts = [str(msg.get("finish_reason") or "?")]
+    finish = str(msg.get("finish_reason") or "?")
+    parts = [_FINISH_WORDS.get(finish, finish)]
     n = stats.get("generated_tokens")
     if isinstance(n, int):
         parts.append(f"{n} tokens")

@@ -447,7 +447,10 @@ class ChatScreen(Screen[None]):
             self.notify(
                 self.session.autosave_error, title="Autosave failed", severity="error", markup=False
             )
-        if turn is not None and turn.drop:  # the oldest turns went: show the history as it is
+        retry_failed = turn is not None and turn.user_text is None and event.error is not None
+        if turn is not None and (turn.drop or retry_failed):
+            # the oldest turns went, or a failed /retry kept the reply it was to replace:
+            # show the history as it is
             await self.rebuild()
         self.refresh_status()
 

@@ -11,8 +11,9 @@ from textual.widget import Widget
 from textual.widgets import Collapsible, Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
+from smolchat.backend.types import GenerationStats
+from smolchat.chat.format import reply_line
 from smolchat.chat.text import printable
-from smolchat.engine.types import GenerationStats
 
 THINKING_TITLE = "Thinking…"
 REASONING_TITLE = "Reasoning"
@@ -135,20 +136,7 @@ def _footer_text(
     finish_reason: str | None, stats: GenerationStats | dict | None, error: str | None
 ) -> str:
     """One line under a reply: how it ended and its speed."""
-    parts: list[str] = []
-    if finish_reason == "cancelled":
-        parts.append("■ stopped")
-    elif finish_reason == "length":
-        parts.append("… cut at max_new_tokens")
-    elif finish_reason == "error":
-        parts.append(f"✗ {error or 'generation failed'}")
-    if isinstance(stats, dict):
-        stats = GenerationStats(
-            **{k: v for k, v in stats.items() if k in GenerationStats.__dataclass_fields__}
-        )
-    if stats is not None:
-        parts += stats.summary()
-    return " · ".join(parts)
+    return reply_line(finish_reason, stats, error, marks=True)
 
 
 def message_text(widget: Widget) -> str:

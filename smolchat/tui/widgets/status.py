@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from textual import events
 from textual.widgets import Static
 
-from smolchat.engine.types import GenerationStats
+from smolchat.backend.types import GenerationStats
+from smolchat.chat.format import context_use
 
 SEPARATOR = " │ "
 
@@ -34,7 +35,7 @@ class StatusInfo:
             (6, "think" if self.thinking else "no_think"),
             (3, f"T {self.temperature:g}"),
             (1, f"top_p {self.top_p:g}"),
-            (7, f"ctx {self.context_used:,}/{self.context_limit:,}"),
+            (7, f"ctx {context_use(self.context_used, self.context_limit)}"),
         ]
         stats = self.last_stats
         if self.busy:
