@@ -139,7 +139,7 @@ class Engine:
                 "drop older turns"
             )
         room = self.context_length - len(ids)
-        cut = "context" if room < max_new_tokens else "length"  # what reaching the budget means
+        cut: FinishReason = "context" if room < max_new_tokens else "length"  # budget reached
         max_new_tokens = min(max_new_tokens, room)
         stops = set(self.eos_token_ids if stop_ids is None else stop_ids)
         stats = GenerationStats(prompt_tokens=len(ids))
