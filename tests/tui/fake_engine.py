@@ -1,5 +1,11 @@
 """A small deterministic engine for UI tests (never proof that the real engine works).
 
+The TUI tests run the real :class:`~smolchat.backend.local.LocalBackend` over it (so the
+backend's rendering, locking and stream lifetimes are the real ones), and
+``tests/contract/test_backend_contract.py`` checks ``LocalBackend(FakeEngine())`` against the
+same contract as the real engine. Like the real engine it refuses a second ``generate`` while
+one runs (its lock is held from the first event until the generator ends or is closed).
+
 It has the engine's interface: a tokenizer (ChatML rendering with SmolLM3's no-think block,
 char-level ids, word-level generated pieces), ``generate`` streaming GenerationEvents with an
 optional delay per token, thread-safe ``cancel``, ``cached_ids``, ``context_length``,
@@ -14,7 +20,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from smolchat.engine.types import GenerationEvent, GenerationStats, SamplingParams
+from smolchat.engine.types import FinishReason, GenerationEvent, GenerationStats, SamplingParams
+from smolchat.errors import SmolchatError
 
 SPECIALS = [
     "<|begin_of_text|>",
@@ -142,6 +149,7 @@ class FakeEngine:
         self.last_stats: GenerationStats | None = None
         self.calls: list[dict[str, Any]] = []  # what each generate() was asked
         self._cancel = threading.Event()
+        self._lock = threading.Lock()
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -163,8 +171,20 @@ class FakeEngine:
         sampling: SamplingParams | None = None,
         max_new_tokens: int = 256,
     ) -> Iterator[GenerationEvent]:
+        if not self._lock.acquire(blocking=False):
+            raise SmolchatError("the engine is already generating; wait for it or cancel it")
+        try:
+            yield from self._generate(list(ids), sampling, max_new_tokens)
+        finally:
+            self._lock.release()
+
+    def _generate(
+        self, ids: list[int], sampling: SamplingParams | None, max_new_tokens: int
+    ) -> Iterator[GenerationEvent]:
         self._cancel.clear()
-        ids = list(ids)
+        room = self.context_length - len(ids)
+        cut: FinishReason = "context" if room < max_new_tokens else "length"
+        max_new_tokens = min(max_new_tokens, room)
         self.calls.append({"ids": ids, "sampling": sampling, "max_new_tokens": max_new_tokens})
         tok = self.tokenizer
         pieces = [
@@ -180,7 +200,7 @@ class FakeEngine:
                 finish = "cancelled"
                 break
             if n >= max_new_tokens:
-                finish = "length"
+                finish = cut
                 break
             if self.fail_after is not None and n >= self.fail_after:
                 raise RuntimeError("fake engine failure")
