@@ -55,11 +55,10 @@ def compose(session: Any, text: str) -> str:
 
 def token_count(session: Any, text: str) -> int:
     """How many tokens ``text`` costs with the session's tokenizer (an estimate without one)."""
-    for holder in (getattr(session, "engine", None), getattr(session, "backend", None)):
-        tokenizer = getattr(holder, "tokenizer", None)
-        if tokenizer is not None:
-            try:
-                return len(tokenizer.encode(text))
-            except Exception:  # a tokenizer that cannot encode this: fall back to the estimate
-                break
+    backend = getattr(session, "backend", None)
+    if backend is not None:
+        try:
+            return int(backend.count_text(text))
+        except Exception:  # a tokenizer that cannot encode this: fall back to the estimate
+            pass
     return max(1, len(text) // 4)
