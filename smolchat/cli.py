@@ -742,7 +742,13 @@ def plain_repl(config: RunConfig) -> int:
     attach_context(session, config)
     for note in config.notes:
         console.print(note, style="yellow" if not note.startswith("Resumed") else "dim")
-    return PlainChat(session, console, show_reasoning=True).run()
+    from smolchat.chat.history import PromptHistory
+    from smolchat.chat.paths import default_history_file
+
+    history = PromptHistory(default_history_file())
+    if history.problem:
+        console.print(history.problem, style="yellow")
+    return PlainChat(session, console, show_reasoning=True).run(history=history)
 
 
 def tui(config: RunConfig) -> int:

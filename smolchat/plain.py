@@ -40,6 +40,7 @@ from smolchat.chat.text import printable
 from smolchat.errors import SmolchatError
 
 if TYPE_CHECKING:
+    from smolchat.chat.history import PromptHistory
     from smolchat.chat.session import ChatSession
 
 T = TypeVar("T")
@@ -151,6 +152,83 @@ def stats_line(stats: GenerationStats | None, finish_reason: str | None) -> str:
     return reply_line(None if finish_reason == "error" else finish_reason, stats)
 
 
+MULTILINE = '"""'
+
+
+def read_message(read: Callable[[str], str]) -> str | None:
+    '''One message: a line, or the lines between ``"""`` and ``"""`` (as ollama does).
+
+    A line that starts with ``"""`` opens a block; the block ends at the line that ends with
+    ``"""``; the text in between (quotes removed) is one message, newlines kept. Ctrl+C in a
+    block gives it up (None); EOF in a block sends what was typed. A pasted text with newlines
+    (bracketed paste) is one line already.
+    '''
+    line = read("\n> ")
+    start = line.lstrip()
+    if not start.startswith(MULTILINE):
+        return line
+    first = start[len(MULTILINE) :]
+    if first.rstrip().endswith(MULTILINE):  # three quotes, the message, three quotes
+        return first.rstrip()[: -len(MULTILINE)]
+    parts = [first] if first.strip() else []
+    while True:
+        try:
+            more = read("... ")
+        except KeyboardInterrupt:
+            return None
+        except EOFError:
+            break
+        if more.rstrip().endswith(MULTILINE):
+            parts.append(more.rstrip()[: -len(MULTILINE)])
+            break
+        parts.append(more)
+    return "\n".join(parts).strip("\n")
+
+
+def line_reader(history: PromptHistory | None, console: Console) -> Callable[[str], str]:
+    """``input`` with GNU readline on a terminal: line editing, ``history`` (Up/Down, Ctrl+R),
+    bracketed paste (a pasted multi-line text is one line) and Tab completion of commands.
+    Without a terminal (or without readline): the console's own input."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return console.input
+    try:
+        import readline
+    except ImportError:  # e.g. Windows without pyreadline
+        return console.input
+    from smolchat.chat.commands import complete
+
+    readline.parse_and_bind("set enable-bracketed-paste on")  # CPython turns it off
+    readline.parse_and_bind("tab: complete")
+    readline.set_auto_history(False)  # whole messages go in, not the lines of a block
+    readline.clear_history()
+    for entry in (history.entries if history is not None else [])[-1000:]:
+        readline.add_history(entry)
+    readline.set_completer_delims("")
+
+    def completer(text: str, state: int) -> str | None:
+        matches = complete(readline.get_line_buffer()) if text.startswith("/") else []
+        return matches[state] if state < len(matches) else None
+
+    readline.set_completer(completer)
+
+    def read(prompt: str) -> str:
+        if prompt.startswith("\n"):  # a newline inside readline's prompt upsets its redraw
+            print()
+            prompt = prompt[1:]
+        return input(prompt)
+
+    return read
+
+
+def remember(text: str, history: PromptHistory | None) -> None:
+    """Put a sent message in the history file and, if readline is on, in its Up/Down list."""
+    if history is not None:
+        history.add(text)
+    readline = sys.modules.get("readline")
+    if readline is not None:
+        readline.add_history(text)
+
+
 class PlainChat:
     """The ``--plain`` REPL over a session."""
 
@@ -161,22 +239,39 @@ class PlainChat:
         self.console = console or PlainConsole(highlight=False)
         self.show_reasoning = show_reasoning
 
-    def run(self, read: Callable[[str], str] | None = None) -> int:
-        """Read lines until /exit, EOF or Ctrl+C at the prompt; return the exit status."""
-        read = read or self.console.input
+    def run(
+        self, read: Callable[[str], str] | None = None, *, history: PromptHistory | None = None
+    ) -> int:
+        """Read messages until /exit, EOF or Ctrl+C at the prompt; return the exit status.
+
+        ``read`` reads one line (default: readline's ``input`` on a terminal, with line editing,
+        ``history`` and bracketed paste; the console's input otherwise).
+        """
+        if read is None:
+            read = line_reader(history, self.console)
         backend = self.session.backend
         self.console.print(
             Text(f"smolchat · {backend.model_name} · {backend.description}", style="bold")
         )
-        self.console.print(Text("/help lists the commands; Ctrl+C stops a reply.", style="dim"))
+        self.console.print(
+            Text(
+                '/help lists the commands; Ctrl+C stops a reply; """ starts and ends a '
+                "multi-line message.",
+                style="dim",
+            )
+        )
         while True:
             try:
-                line = read("\n> ")
+                line = read_message(read)
             except (EOFError, KeyboardInterrupt):
                 self.console.print()
                 return 0
+            if line is None:  # a multi-line message given up with Ctrl+C
+                self.console.print(Text("(message discarded)", style="dim"))
+                continue
             if not line.strip():
                 continue
+            remember(line.strip(), history)
             try:
                 if not self.handle(line.strip()):
                     return 0
