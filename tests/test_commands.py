@@ -388,3 +388,17 @@ def test_complete_with_values_only_the_ui_knows() -> None:
     assert complete("/theme ", choices=themes) == ["/theme dark", "/theme gruvbox", "/theme light"]
     assert complete("/theme l", choices=themes) == ["/theme light"]
     assert complete("/theme l") == []
+
+
+def test_complete_paths(tmp_path, monkeypatch) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.md").write_text("x")
+    (tmp_path / ".hidden").write_text("x")
+    (tmp_path / "b.md").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    assert complete("/load ") == ["/load b.md", "/load sub/"]
+    assert complete("/load s") == ["/load sub/"]
+    assert complete("/load sub/") == ["/load sub/a.md"]
+    assert complete("/load .h") == ["/load .hidden"]
+    assert complete(f"/save {tmp_path}/b") == [f"/save {tmp_path}/b.md"]
+    assert complete("/load nowhere/x") == []

@@ -33,14 +33,15 @@ How to add a command (one place: a decorated function in this module)::
   that misses it.
 * Completion of the argument: ``args=("show", "hide")`` for fixed words, or
   ``complete_arg=fn`` (the partial argument -> the full arguments it may become) for computed
-  ones such as paths. Values only the UI knows (theme names) come in through
-  :func:`complete`'s ``choices``.
+  ones such as paths (``complete_arg=complete_path``). Values only the UI knows (theme names)
+  come in through :func:`complete`'s ``choices``.
 * Tests: tests/test_commands.py (the command on a real tiny engine) and
   tests/tui/test_commands.py (the same command typed into the TUI through Pilot).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -73,6 +74,7 @@ __all__ = [
     "SwitchTheme",
     "command",
     "complete",
+    "complete_path",
     "is_command",
     "no_args",
     "parse_command",
@@ -269,6 +271,30 @@ def one_path(name: str, args: str) -> str:
     return text
 
 
+MAX_PATH_COMPLETIONS = 50
+
+
+def complete_path(partial: str) -> list[str]:
+    """The paths ``partial`` may complete to, as typed (``~`` kept), folders ending in ``/``;
+    hidden names only when ``partial``'s last part starts with ``.``. For ``complete_arg``."""
+    head, _, stem = partial.rpartition("/")
+    head = head + "/" if _ else ""
+    folder = os.path.expanduser(head) if head else "."
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        if not name.startswith(stem) or (name.startswith(".") and not stem.startswith(".")):
+            continue
+        slash = "/" if os.path.isdir(os.path.join(folder, name)) else ""
+        found.append(f"{head}{name}{slash}")
+        if len(found) >= MAX_PATH_COMPLETIONS:
+            break
+    return found
+
+
 def _cell(text: str) -> str:
     """``text`` safe inside a Markdown table cell."""
     return text.replace("|", "\\|")
@@ -382,13 +408,23 @@ def _cmd_set(session: ChatSession, args: str) -> CommandResult:
     return CommandResult(f"{spec.name}: {show_value(old)} → {show_value(value)}")
 
 
-@command("save", "/save [PATH]", "save the transcript (Markdown); no PATH: the autosave file")
+@command(
+    "save",
+    "/save [PATH]",
+    "save the transcript (Markdown); no PATH: the autosave file",
+    complete_arg=complete_path,
+)
 def _cmd_save(session: ChatSession, args: str) -> CommandResult:
     path = session.save(one_path("save", args) or None)
     return CommandResult(f"Saved to {path}")
 
 
-@command("load", "/load PATH", "load a transcript: its history, system prompt and settings")
+@command(
+    "load",
+    "/load PATH",
+    "load a transcript: its history, system prompt and settings",
+    complete_arg=complete_path,
+)
 def _cmd_load(session: ChatSession, args: str) -> CommandResult:
     raw = one_path("load", args)
     if not raw:

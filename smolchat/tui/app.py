@@ -21,6 +21,7 @@ from smolchat import clipboard
 from smolchat.chat.history import PromptHistory
 from smolchat.errors import SmolchatError, is_out_of_memory, out_of_memory_line
 from smolchat.exit_codes import ExitCode
+from smolchat.tui.palette import SmolchatCommands
 from smolchat.tui.screens.chat import ChatScreen
 from smolchat.tui.screens.loading import LoadingScreen
 from smolchat.tui.themes import DEFAULT_THEME, available_themes, load_theme, palette_for
@@ -65,7 +66,8 @@ class SmolchatApp(App[None]):
 
     TITLE = "smolchat"
     CSS_PATH = "app.tcss"
-    ENABLE_COMMAND_PALETTE = False
+    COMMANDS = {SmolchatCommands}  # Ctrl+P: our commands and keys, not Textual's own
+    COMMAND_PALETTE_DISPLAY = "Palette"
     BINDINGS = [
         Binding(
             "ctrl+c",

@@ -9,7 +9,7 @@ import pytest
 
 import smolchat.tui.screens.chat as chat_module
 from smolchat.tui.screens.dialogs import HelpScreen, HistorySearchScreen
-from smolchat.tui.widgets.conversation import AssistantMessage, UserMessage
+from smolchat.tui.widgets.conversation import AssistantMessage, NoteMessage, UserMessage
 from tests.tui.conftest import make_app
 from tests.tui.fake_engine import FakeEngine
 from tests.tui.helpers import chat_screen, idle, running, submit, texts, wait_for
@@ -305,3 +305,80 @@ async def test_ctrl_r_with_no_history() -> None:
         await chat_screen(pilot)
         await pilot.press("ctrl+r")
         assert "No past prompts yet." in texts(notes)
+
+
+# ---- the command palette and completion -------------------------------------------------------
+
+
+async def test_ctrl_p_palette_lists_commands_and_key_actions() -> None:
+    from textual.command import CommandPalette
+
+    app = make_app()
+    async with running(app) as (pilot, notes):
+        screen = await chat_screen(pilot)
+        await pilot.press("ctrl+p")
+        await wait_for(pilot, lambda: isinstance(app.screen, CommandPalette))
+        await pilot.press(*"stats")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: not isinstance(app.screen, CommandPalette))
+        await idle(pilot, screen)
+        assert any("context" in n.source for n in screen.query(NoteMessage))  # /stats ran
+        # a command that takes an argument goes into the prompt, ready for it
+        await pilot.press("ctrl+p", *"system")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen.prompt.text == "/system ")
+        # a key's action: show / hide reasoning
+        before = screen.show_reasoning
+        await pilot.press("ctrl+p", *"show / hide reasoning")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen.show_reasoning != before)
+
+
+async def test_palette_entries_cover_every_command_and_binding() -> None:
+    from smolchat.chat.commands import COMMANDS
+    from smolchat.tui.palette import SmolchatCommands
+
+    app = make_app()
+    async with running(app) as (pilot, _):
+        screen = await chat_screen(pilot)
+        provider = SmolchatCommands(screen)
+        texts_ = [e.text for e in provider.entries()]
+        for cmd in COMMANDS.values():
+            assert cmd.usage in texts_
+        assert "/theme gruvbox" in texts_
+        described = [b for b in screen.BINDINGS if b.description]
+        for binding in described:
+            assert any(t.startswith(binding.description + " (") for t in texts_)
+
+
+async def test_tab_completion_of_names_and_arguments(tmp_path, monkeypatch) -> None:
+    (tmp_path / "chats").mkdir()
+    (tmp_path / "chats" / "paris.md").write_text("x")
+    (tmp_path / "chats" / "pisa.md").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    app = make_app()
+    async with running(app) as (pilot, _):
+        screen = await chat_screen(pilot)
+        hint = screen.query_one("#hint")
+
+        async def tab(text: str) -> str:
+            screen.prompt.load_text(text)
+            screen.prompt.move_cursor(screen.prompt.document.end)
+            await pilot.press("tab")
+            await pilot.pause()
+            return screen.prompt.text
+
+        assert await tab("/th") == "/th"  # two matches: both shown
+        shown = str(hint.render())
+        assert hint.display and "/theme" in shown and "/think" in shown
+        assert await tab("/theme gr") == "/theme gruvbox "
+        assert await tab("/theme ") == "/theme "
+        assert "matches:" in str(hint.render()) and "nord" in str(hint.render())
+        assert await tab("/set max") == "/set max_new_tokens "
+        assert await tab("/load ch") == "/load chats/"  # a folder: no space, go on
+        assert await tab("/load chats/p") == "/load chats/p"
+        assert "paris.md" in str(hint.render()) and "pisa.md" in str(hint.render())
+        assert await tab("/load chats/pa") == "/load chats/paris.md "

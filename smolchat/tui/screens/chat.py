@@ -48,6 +48,7 @@ from smolchat.tui.screens.dialogs import (
     HistorySearchScreen,
     keys_help,
 )
+from smolchat.tui.themes import available_themes
 from smolchat.tui.widgets.conversation import (
     AssistantMessage,
     ConversationView,
@@ -186,7 +187,7 @@ class ChatScreen(Screen[None]):
         yield CommandHint({f"/{c.name}": _usage_line(c) for c in COMMANDS.values()}, id="hint")
         yield PromptInput(
             id="prompt",
-            completer=complete,
+            completer=self.complete_line,
             placeholder="Message (Enter sends, Shift+Enter or Ctrl+J: new line, /help)",
             history=self.history,
         )
@@ -566,6 +567,31 @@ class ChatScreen(Screen[None]):
         """Leave edit mode (the prompt's text stays)."""
         self.editing = None
         self.query_one(CommandHint).show_for(self.prompt.text)
+
+    # ---- the command palette's entry points -------------------------------------------
+    def prefill(self, text: str) -> None:
+        """Put ``text`` into the prompt (a command that needs its argument typed)."""
+        self.prompt.load_text(text)
+        self.prompt.move_cursor(self.prompt.document.end)
+        self.prompt.focus()
+
+    def run_slash_soon(self, line: str) -> None:
+        """Run a slash command once the palette has closed."""
+        self.call_later(self.run_slash, line)
+
+    # ---- completion -------------------------------------------------------------------
+    def complete_line(self, text: str) -> list[str]:
+        """Tab: the commands' own completions plus the theme names, which the TUI knows."""
+        return complete(text, choices={"theme": list(available_themes())})
+
+    @on(PromptInput.Completions)
+    def _on_completions(self, message: PromptInput.Completions) -> None:
+        """Several matches: list them above the prompt (the last word of each)."""
+        words = [m.rsplit(" ", 1)[-1] if " " in m else m for m in message.matches]
+        hint = self.query_one(CommandHint)
+        shown = "  ".join(words[:40]) + ("  …" if len(words) > 40 else "")
+        hint.update(f"{len(words)} matches: {shown}")
+        hint.display = True
 
     # ---- the prompt history ------------------------------------------------------------
     def action_search_history(self) -> None:

@@ -72,6 +72,13 @@ class PromptInput(TextArea):
         def control(self) -> PromptInput:
             return self.prompt
 
+    class Completions(Message):
+        """Tab found several completions: ``matches`` (whole lines), to show the user."""
+
+        def __init__(self, matches: list[str]) -> None:
+            super().__init__()
+            self.matches = matches
+
     def __init__(
         self,
         *,
@@ -175,10 +182,13 @@ class PromptInput(TextArea):
         for match in matches[1:]:
             while not match.startswith(common):
                 common = common[:-1]
-        completed = common + (" " if len(matches) == 1 else "")
+        single = len(matches) == 1 and not matches[0].endswith("/")  # a folder: go on typing
+        completed = common + (" " if single else "")
         if len(completed) > len(self.text):
             self.load_text(completed)
             self.move_cursor(self.document.end)
+        if len(matches) > 1:
+            self.post_message(self.Completions(matches))
 
 
 class CommandHint(Static):
