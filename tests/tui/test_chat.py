@@ -215,7 +215,7 @@ async def test_command_hint_and_tab_completion() -> None:
         await pilot.press("backspace", "backspace", *"/the", "tab")
         assert screen.prompt.text == "/theme "
         await pilot.press(*"no", "tab")
-        assert screen.prompt.text == "/theme no"  # theme names are not commands: no change
+        assert screen.prompt.text == "/theme nord "  # the TUI completes its theme names
         screen.prompt.load_text("/reasoning s")
         screen.prompt.move_cursor(screen.prompt.document.end)
         await pilot.press("tab")
