@@ -67,7 +67,6 @@ class SmolchatApp(App[None]):
     TITLE = "smolchat"
     CSS_PATH = "app.tcss"
     COMMANDS = {SmolchatCommands}  # Ctrl+P: our commands and keys, not Textual's own
-    COMMAND_PALETTE_DISPLAY = "Palette"
     BINDINGS = [
         Binding(
             "ctrl+c",
