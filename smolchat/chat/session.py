@@ -468,6 +468,22 @@ class ChatSession:
             self.started = datetime.fromisoformat(data.created).astimezone()
         except (ValueError, TypeError):
             self.started = self._date_pin
-        in_store = self.store is not None and self.store.contains(path)
-        self.transcript_path = path if in_store else None
+        self.transcript_path = self._autosave_target(path, data)
         return data
+
+    def _autosave_target(self, path: Path, data: Transcript) -> Path | None:
+        """Where a loaded conversation goes on being saved: the file itself when it lies in the
+        transcripts folder; else its copy there under the same name (made by an earlier /load
+        of it: loading it again continues that copy instead of starting "-2", "-3", ...). None
+        (a fresh name at the next save) when that name already holds another conversation."""
+        if self.store is None:
+            return None
+        if self.store.contains(path):
+            return path
+        copy = self.store.folder / path.name
+        try:
+            if not copy.exists() or read_transcript(copy).created == data.created:
+                return copy
+        except (TranscriptError, OSError):
+            pass
+        return None

@@ -114,3 +114,25 @@ def test_every_theme_keeps_its_hues_on_256_colour_terminals() -> None:
             assert distance(colour, shown[key]) <= distance(colour, rich_way), (name, key)
     assert palette_for(load_theme("nord").palette, "256")["background"] == "#3a3a3a"  # grey
     assert palette_for(load_theme("nord").palette, "truecolor") == load_theme("nord").palette
+
+
+def test_loading_a_file_from_outside_the_folder_keeps_one_copy_under_its_name(tmp_path) -> None:
+    """/load of a transcript kept elsewhere: autosave writes one copy in the transcripts folder,
+    named like the file, and a later /load of the same file continues that copy."""
+    from smolchat.chat.transcript import TranscriptStore
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    first = ChatSession(FakeEngine())
+    for _ in first.send("keep this"):
+        pass
+    original = first.save(elsewhere / "my-notes.md")
+    folder = tmp_path / "transcripts"
+    for turn in ("one more", "and another"):
+        session = ChatSession(FakeEngine(), store=TranscriptStore(folder))
+        run_command(session, f"/load {original}")
+        for _ in session.send(turn):
+            pass
+    assert sorted(p.name for p in folder.glob("*.md")) == ["my-notes.md"]
+    assert session.transcript_path == folder / "my-notes.md"
+    assert "and another" in (folder / "my-notes.md").read_text()
