@@ -66,6 +66,7 @@ class RunConfig:
     resume: str | None = None  # None: a new chat; "": the newest; else an id, prefix or path
     prompt: str | None = None
     show_reasoning: bool = False
+    json: bool = False  # -p: one JSON object on stdout instead of the streamed answer
     plain: bool = False
     debug: bool = False
     files: list[Path] = field(default_factory=list)  # -f: attached to the -p message
@@ -294,6 +295,13 @@ def chat(
     show_reasoning: Annotated[
         bool, typer.Option("--show-reasoning", help="With -p: write the reasoning to stderr.")
     ] = False,
+    json_output: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="With -p: print one JSON object (answer, reasoning, finish_reason, tokens).",
+        ),
+    ] = False,
     plain: Annotated[
         bool, typer.Option("--plain", help="A plain line REPL instead of the TUI.")
     ] = False,
@@ -355,6 +363,9 @@ def chat(
     config.prompt = prompt
     config.files = list(file or [])
     config.show_reasoning = show_reasoning
+    config.json = json_output
+    if json_output and prompt is None:
+        raise typer.BadParameter("--json goes with -p", param_hint="--json")
     config.plain = plain
     config.debug = debug
     config.exact = True if exact else None
@@ -676,6 +687,8 @@ def one_shot(config: RunConfig) -> int:
     started = {"answer": False}
 
     def on_answer(text: str) -> None:
+        if config.json:  # the whole answer goes out at the end, inside the object
+            return
         if not started["answer"]:
             text = text.lstrip()
             started["answer"] = bool(text)
@@ -699,7 +712,10 @@ def one_shot(config: RunConfig) -> int:
     finished, interrupted = consume(session.send(message), session, on_reasoning, on_answer)
     if config.show_reasoning and finished is not None and finished.reasoning:
         sys.stderr.write("\n")
-    if finished is not None and finished.answer and not finished.answer.endswith("\n"):
+    if config.json:
+        if finished is not None and not finished.error:
+            sys.stdout.write(one_shot_json(finished) + "\n")
+    elif finished is not None and finished.answer and not finished.answer.endswith("\n"):
         sys.stdout.write("\n")
     sys.stdout.flush()
     if interrupted:
@@ -711,6 +727,29 @@ def one_shot(config: RunConfig) -> int:
         print(f"smolchat: note: {cut_note(finished, limit)}", file=sys.stderr)
         return ExitCode.CUT
     return ExitCode.OK
+
+
+def one_shot_json(finished: Any) -> str:
+    """The ``-p --json`` object: the answer, the reasoning and how the reply ended.
+
+    ``finish_reason`` is one of stop, length (max_new_tokens reached), context (the context
+    window is full) or cancelled (Ctrl+C); the exit status says the same (README).
+    """
+    import json
+
+    stats = finished.stats
+    return json.dumps(
+        {
+            "answer": finished.answer.lstrip(),
+            "reasoning": finished.reasoning,
+            "finish_reason": finished.finish_reason,
+            "prompt_tokens": stats.prompt_tokens if stats else None,
+            "generated_tokens": stats.generated_tokens if stats else None,
+            "ttft_s": round(stats.ttft_s, 4) if stats else None,
+            "decode_tok_s": round(stats.decode_tok_s, 2) if stats else None,
+        },
+        ensure_ascii=False,
+    )
 
 
 def cut_note(finished: Any, max_new_tokens: int) -> str:

@@ -174,3 +174,26 @@ def test_real_model_one_shot_piped_into_head(smollm2_gguf: Path, tmp_path: Path)
     assert proc.returncode == ExitCode.BROKEN_PIPE, err
     assert err == "", err  # no "internal error: BrokenPipeError", no "terminate called"
     assert time.monotonic() - started < 120
+
+
+def test_one_shot_json_carries_the_finish_reason(fake: FakeEngine) -> None:
+    import json
+
+    cut = runner.invoke(cli.cli, ["m", "-p", "count", "--max-new-tokens", "3", "--json"])
+    assert cut.exit_code == ExitCode.CUT
+    data = json.loads(cut.stdout)
+    assert (data["answer"], data["finish_reason"], data["generated_tokens"]) == (
+        "one two three",
+        "length",
+        3,
+    )
+    done = runner.invoke(cli.cli, ["m", "-p", "count", "--json"])
+    assert done.exit_code == ExitCode.OK and done.stderr == ""
+    data = json.loads(done.stdout)
+    assert data["answer"] == "one two three four five six seven eight"
+    assert data["finish_reason"] == "stop" and data["reasoning"] == ""
+    assert done.stdout.count("\n") == 1  # one object, one line
+
+
+def test_json_without_a_prompt_is_a_usage_error(fake: FakeEngine) -> None:
+    assert runner.invoke(cli.cli, ["m", "--json"]).exit_code == ExitCode.USAGE
