@@ -31,7 +31,12 @@ from smolchat.backend.types import (
 )
 from smolchat.chat.reasoning import ReasoningParser
 from smolchat.chat.template import pinned_time
-from smolchat.chat.thinking import THINK_START, history_for_template, prompt_opens_reasoning
+from smolchat.chat.thinking import (
+    THINK_END,
+    THINK_START,
+    history_for_template,
+    prompt_opens_reasoning,
+)
 from smolchat.errors import ContextOverflowError, SmolchatError
 
 __all__ = ["ALIGN_WINDOW", "LocalBackend", "align_to_seen"]
@@ -146,6 +151,20 @@ class LocalBackend:
     def has_thinking_mode(self) -> bool:
         template = getattr(self.engine.tokenizer, "chat_template", None)
         return not isinstance(template, str) or "enable_thinking" in template
+
+    @property
+    def supports_end_thinking(self) -> bool:
+        return self.has_thinking_mode and callable(getattr(self.engine, "force", None))
+
+    def end_thinking_ids(self, reasoning: str) -> list[int]:
+        """The model's own tokens that close a reasoning block (``\n</think>\n``; the first
+        newline only if ``reasoning`` does not end with one)."""
+        tok = self.engine.tokenizer
+        end = tok.token_to_id(THINK_END) if hasattr(tok, "token_to_id") else None
+        closing = [end] if end is not None else list(tok.encode(THINK_END))
+        newline = list(tok.encode("\n"))
+        lead = [] if reasoning.endswith("\n") else newline
+        return [*lead, *closing, *newline]
 
     @property
     def description(self) -> str:
@@ -277,6 +296,9 @@ class LocalBackend:
         error: str | None = None
         tail: list[BackendEvent] = []
         stream = None
+        control = self.supports_end_thinking
+        reasoning_tokens = 0  # generated inside the reasoning block
+        closed = False  # the reasoning was closed by force (budget or end_thinking)
 
         def finished() -> Finished:
             nonlocal stats
@@ -307,9 +329,18 @@ class LocalBackend:
                     text = event.text
                     if is_eos and text:
                         text = text.removesuffix(engine.tokenizer.decode([event.token_id]))
+                    inside = parser.in_reasoning  # this token was part of the reasoning
                     if text:
                         raw.append(text)
                         yield from parser.feed(text)
+                    if control and not closed and parser.in_reasoning:
+                        reasoning_tokens += inside
+                        cap = request.thinking_budget
+                        if request.end_thinking.cancelled or (
+                            cap is not None and reasoning_tokens >= cap
+                        ):  # close the reasoning with the model's own tokens; the answer follows
+                            closed = True
+                            engine.force(self.end_thinking_ids(parser.reasoning))
                     if cancel.cancelled:
                         engine.cancel()  # re-issue: the engine clears its flag when it starts
                     if event.finish_reason is not None:

@@ -127,12 +127,20 @@ class CancelToken:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One reply to generate: the conversation ends with the user message to answer."""
+    """One reply to generate: the conversation ends with the user message to answer.
+
+    ``thinking_budget``: at most this many reasoning tokens (None: no cap); then the backend
+    closes the reasoning itself with the model's own end-of-thinking tokens and the answer
+    follows. ``end_thinking``: set it (from any thread) to close the reasoning now. Both need
+    :attr:`Backend.supports_end_thinking`; elsewhere they are ignored.
+    """
 
     conversation: Conversation
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_new_tokens: int = 256
     cancel: CancelToken = field(default_factory=CancelToken, compare=False)
+    thinking_budget: int | None = None
+    end_thinking: CancelToken = field(default_factory=CancelToken, compare=False)
 
 
 # --- events -------------------------------------------------------------------------------
@@ -330,6 +338,12 @@ class Backend(Protocol):
     @property
     def has_thinking_mode(self) -> bool:
         """True if the model's template knows ``enable_thinking`` (SmolLM3; not SmolLM2)."""
+        ...
+
+    @property
+    def supports_end_thinking(self) -> bool:
+        """True if ``thinking_budget`` and ``end_thinking`` of a request work here (the local
+        engine can insert tokens mid-reply; a remote server mostly cannot)."""
         ...
 
     @property

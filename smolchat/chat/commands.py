@@ -405,7 +405,10 @@ def _cmd_set(session: ChatSession, args: str) -> CommandResult:
     value = spec.parse(parts[1], limit)
     old = spec.get(session.settings)
     spec.apply(session.settings, value, limit)
-    return CommandResult(f"{spec.name}: {show_value(old)} → {show_value(value)}")
+    note = ""
+    if spec.name == "thinking_budget" and not session.backend.supports_end_thinking:
+        note = " (no effect here: this model or backend cannot close its reasoning early)"
+    return CommandResult(f"{spec.name}: {show_value(old)} → {show_value(value)}{note}")
 
 
 @command(

@@ -91,6 +91,7 @@ class ChatSession:
         self._date_pin = self.started  # the template's "today" (fixed, so renderings stay equal)
         self._version = 0  # bumped whenever the history changes (guards stale streams)
         self._cancel = CancelToken()
+        self._end_thinking = CancelToken()
         self._state = threading.Lock()
         self._used_cache: tuple[Any, int] | None = None
 
@@ -152,11 +153,14 @@ class ChatSession:
     def _open(self, history: list[dict[str, Any]], thinking: bool) -> ReplyStream:
         """Plan the turn with the backend (ContextOverflowError now if it cannot fit)."""
         self._cancel = CancelToken()
+        self._end_thinking = CancelToken()
         request = GenerationRequest(
             self.conversation(history, thinking),
             sampling=self.settings.sampling,
             max_new_tokens=self.settings.max_new_tokens,
             cancel=self._cancel,
+            thinking_budget=self.settings.thinking_budget,
+            end_thinking=self._end_thinking,
         )
         return self.backend.open(request)
 
@@ -312,6 +316,14 @@ class ChatSession:
     def cancel(self) -> None:
         """Stop the reply being generated (thread-safe); the partial reply is kept."""
         self._cancel.cancel()
+
+    def end_thinking(self) -> bool:
+        """Close the reasoning of the reply being generated now; the answer follows
+        (thread-safe). False where the backend cannot (then nothing happens)."""
+        if not self.backend.supports_end_thinking:
+            return False
+        self._end_thinking.cancel()
+        return True
 
     # --- history edits -----------------------------------------------------------------
     def _start_of(self, exchange: int) -> int:

@@ -31,12 +31,15 @@ class ChatSettings:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     thinking: bool = True  # session-wide think / no-think (the template's enable_thinking)
+    thinking_budget: int | None = None  # reasoning tokens before smolchat closes the block
 
     def to_dict(self) -> dict[str, Any]:
-        """A flat JSON-ready dict (transcripts, /set listing)."""
+        """A flat JSON-ready dict (transcripts, /set listing); ``thinking_budget`` only if set."""
         out: dict[str, Any] = {n: getattr(self.sampling, n) for n in SAMPLING_NAMES}
         out["max_new_tokens"] = self.max_new_tokens
         out["thinking"] = self.thinking
+        if self.thinking_budget is not None:
+            out["thinking_budget"] = self.thinking_budget
         return out
 
     @classmethod
@@ -49,7 +52,14 @@ class ChatSettings:
         thinking = data.get("thinking", True)
         if not isinstance(thinking, bool):
             raise ValueError(f"thinking must be true or false, got {thinking!r}")
-        return cls(sampling=sampling, max_new_tokens=max_new, thinking=thinking)
+        budget = data.get("thinking_budget")
+        if budget is not None and (
+            isinstance(budget, bool) or not isinstance(budget, int) or budget < 0
+        ):
+            raise ValueError(f"thinking_budget must be a whole number >= 0, got {budget!r}")
+        return cls(
+            sampling=sampling, max_new_tokens=max_new, thinking=thinking, thinking_budget=budget
+        )
 
 
 def sampling_from_defaults(defaults: dict[str, Any] | None) -> SamplingParams:
@@ -95,7 +105,7 @@ def describe_sampling(settings: ChatSettings) -> str:
 
 # --- the /set grammar ------------------------------------------------------------------------
 
-SettingKind = Literal["float", "int", "seed", "bool"]
+SettingKind = Literal["float", "int", "seed", "bool", "budget"]
 SettingValue = float | int | bool | None
 _TRUE = {"on", "true", "yes", "1"}
 _FALSE = {"off", "false", "no", "0"}
@@ -132,6 +142,8 @@ class Setting:
         context length (tokens)."""
         if self.name == "max_new_tokens":
             return 1, min(MAX_NEW_TOKENS_CAP, context_limit)
+        if self.kind == "budget":
+            return 0, context_limit
         return SamplingParams.RANGES.get(self.name)
 
     def allowed(self, context_limit: int) -> str:
@@ -143,6 +155,8 @@ class Setting:
             return f"a number above {low} up to {high}"
         if self.kind == "seed":
             return f"a whole number from {low} to {high}, or none"
+        if self.kind == "budget":
+            return f"a number of tokens from {low} to {high}, or none (no cap)"
         if self.kind == "int":
             return f"a whole number from {low} to {high}"
         return f"a number from {low} to {high}"
@@ -157,10 +171,10 @@ class Setting:
             if word in _FALSE:
                 return False
             raise bad
-        if self.kind == "seed" and word in ("none", "random", "off"):
+        if self.kind in ("seed", "budget") and word in ("none", "random", "off"):
             return None
         value: float | int
-        if self.kind in ("int", "seed"):
+        if self.kind in ("int", "seed", "budget"):
             try:
                 value = int(word)
             except ValueError:
@@ -217,6 +231,12 @@ SETTINGS: dict[str, Setting] = {
         Setting("seed", "seed", "random seed; none = fresh each time"),
         Setting("max_new_tokens", "int", "longest reply, in tokens", aliases=("max_tokens",)),
         Setting("thinking", "bool", "reason before answering (also /think)"),
+        Setting(
+            "thinking_budget",
+            "budget",
+            "reasoning tokens at most; then the reasoning is closed and the answer follows",
+            aliases=("think_budget", "budget"),
+        ),
     )
 }
 SETTING_ALIASES: dict[str, str] = {a: s.name for s in SETTINGS.values() for a in s.aliases}

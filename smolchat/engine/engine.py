@@ -6,6 +6,7 @@ the rest (in chunks), then decodes one token at a time, streaming events.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -70,12 +71,19 @@ class Engine:
         self.cached_ids: list[int] = []
         self.last_stats: GenerationStats | None = None
         self._cancel = threading.Event()
+        self._forced: collections.deque[int] = collections.deque()  # ids to emit next (force)
         self._lock = threading.Lock()
 
     # --- control -------------------------------------------------------------------
     def cancel(self) -> None:
         """Ask the running ``generate`` to stop; it ends within one token."""
         self._cancel.set()
+
+    def force(self, ids: Sequence[int]) -> None:
+        """Make the next tokens of the reply being generated ``ids`` instead of sampled ones
+        (thread-safe). They stream and count like sampled tokens, and the model goes on after
+        them (e.g. the end-of-thinking tokens that close a reasoning block early)."""
+        self._forced.extend(int(i) for i in ids)
 
     def reset_cache(self) -> None:
         self.cache.reset()
@@ -121,6 +129,7 @@ class Engine:
             raise SmolchatError("the engine is already generating; wait for it or cancel it")
         try:
             self._cancel.clear()
+            self._forced.clear()
             yield from self._generate(
                 list(ids), sampling or SamplingParams(), max_new_tokens, stop_ids
             )
@@ -203,8 +212,12 @@ class Engine:
     def _eager_tokens(self, logits, sample, seen) -> Generator[int, None, None]:
         """Yield sampled ids; resuming the generator feeds the last id (one forward)."""
         while True:
-            token = sample(logits, seen)  # (1,)
-            token_id = int(token.item())
+            if self._forced:
+                token_id = self._forced.popleft()
+                token = torch.tensor([token_id], dtype=torch.long, device=self.device)
+            else:
+                token = sample(logits, seen)  # (1,)
+                token_id = int(token.item())
             yield token_id
             if seen is not None:
                 seen = torch.cat([seen, token])
@@ -226,6 +239,8 @@ class Engine:
         n = 0
         while True:
             n += 1
+            if self._forced:  # replaces the sampled token, which was never staged
+                token = torch.tensor([self._forced.popleft()], dtype=torch.long, device=self.device)
             fast.stage(token)
             if n < max_new:  # the last allowed token is shown, never fed
                 self.cache.ensure_capacity(pos + 1)

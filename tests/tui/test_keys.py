@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -382,3 +383,53 @@ async def test_tab_completion_of_names_and_arguments(tmp_path, monkeypatch) -> N
         assert await tab("/load chats/p") == "/load chats/p"
         assert "paris.md" in str(hint.render()) and "pisa.md" in str(hint.render())
         assert await tab("/load chats/pa") == "/load chats/paris.md "
+
+
+# ---- thinking control --------------------------------------------------------------------------
+
+
+async def test_a_model_without_thinking_mode_shows_no_think_toggle() -> None:
+    engine = FakeEngine()
+    engine.tokenizer.chat_template = "{{ messages }}"  # a template without enable_thinking
+    app = make_app(engine)
+    async with running(app) as (pilot, notes):
+        screen = await chat_screen(pilot)
+        status = str(screen.query_one("#status").render())
+        assert "think" not in status
+        assert screen.check_action("toggle_think", ()) is False
+        assert "ctrl+t" not in app.active_bindings  # not in the footer either
+        before = screen.session.settings.thinking
+        await pilot.press("ctrl+t")
+        assert screen.session.settings.thinking == before
+    engine = FakeEngine()  # with a thinking mode: shown
+    async with running(make_app(engine)) as (pilot, _):
+        screen = await chat_screen(pilot)
+        assert "think" in str(screen.query_one("#status").render())
+        assert screen.check_action("toggle_think", ()) is True
+        assert "ctrl+t" in pilot.app.active_bindings
+
+
+async def test_ctrl_t_while_reasoning_stops_thinking_with_the_real_engine(tmp_path) -> None:
+    import smolchat
+    from tests.test_thinking_control import THINKING_TEMPLATE
+
+    folder = tmp_path / "model"
+    from tests.tiny import build_smollm3
+
+    build_smollm3(folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = THINKING_TEMPLATE
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    engine = smolchat.load(str(folder), device="cpu", dtype="float32")
+    app = make_app(engine)  # type: ignore[arg-type]
+    async with running(app) as (pilot, notes):
+        screen = await chat_screen(pilot)
+        screen.session.settings.max_new_tokens = 400
+        await submit(pilot, "think about it", wait=False)
+        await wait_for(pilot, lambda: screen.turn is not None and screen.turn.reply.reasoning_text)
+        await pilot.press("ctrl+t")
+        assert "Stopped thinking: the answer follows." in texts(notes)
+        await wait_for(pilot, lambda: len(screen.session.messages) == 2, timeout=60)
+        reply = screen.session.messages[1]
+        assert reply["reasoning"] and reply["content"]  # closed early, then answered
+        assert screen.session.settings.thinking is True  # the mode itself did not change

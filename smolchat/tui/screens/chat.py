@@ -75,7 +75,12 @@ class ChatScreen(Screen[None]):
         Binding("ctrl+y", "copy_reply", "Copy reply", priority=True, tooltip="copy the last reply"),
         Binding("ctrl+o", "copy_code", "Copy code", tooltip="copy the last code block"),
         Binding("f2", "toggle_reasoning", "Reasoning", tooltip="show / hide reasoning"),
-        Binding("ctrl+t", "toggle_think", "Think", tooltip="think / no_think"),
+        Binding(
+            "ctrl+t",
+            "toggle_think",
+            "Think",
+            tooltip="think / no_think; while it reasons: stop thinking and answer now",
+        ),
         Binding("f1", "help", "Help", tooltip="this help"),
         Binding(
             "pageup",
@@ -250,7 +255,7 @@ class ChatScreen(Screen[None]):
             StatusInfo(
                 model=backend.model_name,
                 where=backend.description,
-                thinking=settings.thinking,
+                thinking=settings.thinking if backend.has_thinking_mode else None,
                 temperature=settings.sampling.temperature,
                 top_p=settings.sampling.top_p,
                 context_used=self.session.context_used(),
@@ -703,8 +708,21 @@ class ChatScreen(Screen[None]):
             reply.set_show_reasoning(show)
 
     async def action_toggle_think(self) -> None:
-        if not self.generating:
-            await self.run_slash("/no_think" if self.session.settings.thinking else "/think")
+        """Ctrl+T: think / no_think for the next turns; while a reply reasons, stop thinking
+        now (the reasoning is closed and the answer follows)."""
+        if self.generating:
+            reply = self.turn.reply if self.turn is not None else None
+            if reply is not None and reply.reasoning_text and not reply.answer_text:
+                if self.session.end_thinking():
+                    self.notify("Stopped thinking: the answer follows.", markup=False)
+                else:
+                    self.notify("This backend cannot stop the reasoning early.", severity="warning")
+            return
+        await self.run_slash("/no_think" if self.session.settings.thinking else "/think")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """No think toggle for a model whose template has no thinking mode (SmolLM2)."""
+        return action != "toggle_think" or self.session.backend.has_thinking_mode
 
     def action_help(self) -> None:
         self.app.push_screen(HelpScreen(keys=self.keys_help()))

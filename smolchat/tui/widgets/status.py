@@ -19,7 +19,7 @@ class StatusInfo:
 
     model: str
     where: str  # the backend's description: "cpu float32", "cuda nf4", "remote: URL"
-    thinking: bool
+    thinking: bool | None  # None: the model has no thinking mode (nothing to show)
     temperature: float
     top_p: float
     context_used: int
@@ -32,11 +32,12 @@ class StatusInfo:
         parts = [
             (4, self.model.rstrip("/").rsplit("/", 1)[-1]),  # the repo name, not its owner
             (5, self.where),
-            (6, "think" if self.thinking else "no_think"),
             (3, f"T {self.temperature:g}"),
             (1, f"top_p {self.top_p:g}"),
             (7, f"ctx {context_use(self.context_used, self.context_limit)}"),
         ]
+        if self.thinking is not None:
+            parts.insert(2, (6, "think" if self.thinking else "no_think"))
         stats = self.last_stats
         if self.busy:
             parts.append((8, "● generating"))
