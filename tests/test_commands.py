@@ -334,7 +334,7 @@ def test_complete() -> None:
     assert complete("/no") == ["/no_think"]
     assert complete("th") == ["theme", "think"]
     assert complete("/set t") == [
-        "/set temperature", "/set thinking", "/set top_k", "/set top_p",
+        "/set temperature", "/set thinking", "/set thinking_budget", "/set top_k", "/set top_p",
     ]  # fmt: skip
     assert complete("/reasoning h") == ["/reasoning hide"]
     assert complete("/zz") == [] and complete("/retry x") == [] and complete("/set top_k 5") == []
