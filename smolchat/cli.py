@@ -52,6 +52,9 @@ class RunConfig:
     """Everything the command line decided; the modes read it."""
 
     model: str = DEFAULT_MODEL
+    server: str | None = None  # an OpenAI-compatible API base: chat through it (model = served id)
+    api_key: str | None = field(default=None, repr=False)  # a secret: never printed or saved
+    tokenizer: str | None = None  # with server: exact token counts
     device: str = "auto"
     dtype: str = "auto"
     quantize: str | None = None
@@ -213,6 +216,32 @@ def chat(
         Quantize | None,
         typer.Option(help="Quantize the weights (4-bit NF4).", rich_help_panel=MODEL),
     ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="Chat through an OpenAI-compatible server (vLLM, SGLang, llama-server, "
+            "transformers serve): its API base, e.g. http://127.0.0.1:8000/v1; MODEL is then "
+            "the served id [default: the first it lists].",
+            rich_help_panel=MODEL,
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            metavar="KEY",
+            help="With --server: the API key [default: $SMOLCHAT_API_KEY, then $OPENAI_API_KEY].",
+            rich_help_panel=MODEL,
+        ),
+    ] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PATH|ID",
+            help="With --server: the model's tokenizer (folder or hub id) for exact token counts.",
+            rich_help_panel=MODEL,
+        ),
+    ] = None,
     exact: Annotated[
         bool,
         typer.Option(
@@ -318,6 +347,8 @@ def chat(
     """Chat with SmolLM3 (or another SmolLM / Llama model) in the terminal."""
     given = {
         "model": model,
+        "server": server,
+        "tokenizer": tokenizer,
         "device": device,
         "dtype": dtype.value if dtype else None,
         "quantize": quantize.value if quantize else None,
@@ -369,6 +400,10 @@ def chat(
     config.plain = plain
     config.debug = debug
     config.exact = True if exact else None
+    if config.server is not None:
+        config.api_key = (
+            api_key or os.environ.get("SMOLCHAT_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        )
     raise typer.Exit(run(config))
 
 
@@ -394,8 +429,11 @@ def run_config(effective: Effective) -> RunConfig:
     """The RunConfig for the settings in force (before the mode-only options)."""
     values = effective.values
     quantize = values.get("quantize")
+    server = values.get("server")
     return RunConfig(
-        model=values.get("model", DEFAULT_MODEL),
+        model=values.get("model", "" if server else DEFAULT_MODEL),
+        server=server,
+        tokenizer=values.get("tokenizer"),
         device=values.get("device", "auto"),
         dtype=values.get("dtype", "auto"),
         quantize=None if quantize in (None, "none") else quantize,
@@ -576,7 +614,17 @@ def _error_line(message: str) -> None:
 
 # ---- wiring shared by the modes --------------------------------------------------------
 def load_engine(config: RunConfig, progress: Any = None) -> Any:
-    """``smolchat.load`` with the command line's model options."""
+    """``smolchat.load`` with the command line's model options; with ``--server``, the
+    :class:`~smolchat.backend.remote.RemoteBackend` (connected: it has listed the models)."""
+    if config.server is not None:
+        from smolchat.backend.remote import RemoteBackend
+
+        return RemoteBackend(
+            config.server,
+            config.model or None,
+            api_key=config.api_key,
+            tokenizer=config.tokenizer,
+        )
     import smolchat
 
     return smolchat.load(
@@ -596,12 +644,14 @@ def make_session(engine: Any, config: RunConfig, *, store: bool = True) -> ChatS
     saying which won goes to ``config.notes``.
     """
     from smolchat.backend.local import LocalBackend
+    from smolchat.backend.types import Backend
     from smolchat.chat.config import apply_on_resume
     from smolchat.chat.session import ChatSession
     from smolchat.chat.transcript import TranscriptStore
 
     transcripts = TranscriptStore(config.transcripts, autosave=config.autosave) if store else None
-    session = ChatSession(LocalBackend(engine), system_prompt=config.system, store=transcripts)
+    backend = engine if isinstance(engine, Backend) else LocalBackend(engine)
+    session = ChatSession(backend, system_prompt=config.system, store=transcripts)
     settings = session.settings
     settings.sampling = settings.sampling.with_(**config.sampling)
     if config.max_new_tokens is not None:
@@ -790,6 +840,15 @@ def plain_repl(config: RunConfig) -> int:
     return PlainChat(session, console, show_reasoning=True).run(history=history)
 
 
+def _remote_label(config: RunConfig) -> str:
+    """What the loading screen names while connecting (the URL without credentials)."""
+    from smolchat.backend.remote import safe_url
+
+    assert config.server is not None
+    where = safe_url(config.server)
+    return f"{config.model} on {where}" if config.model else where
+
+
 def tui(config: RunConfig) -> int:
     """The Textual app."""
     from smolchat.chat.paths import default_history_file
@@ -803,15 +862,16 @@ def tui(config: RunConfig) -> int:
         dtype = pick_dtype(config.dtype, device)
         return str(device), str(dtype).removeprefix("torch.")
 
+    remote = config.server is not None
     app = SmolchatApp(
         AppOptions(
-            model=config.model,
+            model=_remote_label(config) if remote else config.model,
             load_engine=lambda progress: load_engine(config, progress),
             make_session=lambda engine: attach_context(make_session(engine, config), config),
             device=config.device,
             dtype=config.dtype,
             quantize=config.quantize,
-            placement=placement,
+            placement=None if remote else placement,  # no device to pick (nor torch to load)
             theme=config.theme or DEFAULT_THEME,
             notices=config.notes,  # make_session adds to them (on the loading thread)
             history_file=default_history_file(),

@@ -13,6 +13,9 @@ from tests.tiny import FIXTURES, build_smollm3, build_tokenizer
 GGUF_CACHE = Path.home() / ".cache" / "smolchat-tests"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
+# the remote backend's servers (transformers serve, the scripted server): tests/remote/fixtures.py
+pytest_plugins = ["tests.remote.fixtures"]
+
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:

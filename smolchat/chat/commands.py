@@ -498,6 +498,9 @@ def _fmt_stats(session: ChatSession) -> str:
         f"- context: {context_use(used, limit)} tokens ({pct:.1f}%)",
         f"- turns: {session.exchanges()}",
     ]
+    counting = getattr(session.backend, "token_counting", None)  # a remote backend says how
+    if isinstance(counting, str):
+        lines.insert(2, f"- token counts: {counting}")
     st = session.last_stats
     if st is None:
         lines.append("- last reply: none yet")

@@ -111,6 +111,8 @@ def _positive(value: Any) -> str | None:
 
 _KEYS = [
     Key("model", "str", "hub id, local folder or .gguf file"),
+    Key("server", "str", "an OpenAI-compatible API base (http://host:8000/v1) to chat through"),
+    Key("tokenizer", "str", "with server: a folder or hub id for exact token counts"),
     Key("device", "str", "auto, cpu, cuda, cuda:N or mps", _device_check),
     Key("dtype", "str", "weights' dtype", choices=("auto", "bfloat16", "float16", "float32")),
     Key("quantize", "str", "nf4, or none", choices=("none", "nf4")),
@@ -361,7 +363,7 @@ def from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]
     """
     environ = os.environ if environ is None else environ
     out: dict[str, Any] = {}
-    others = {"SMOLCHAT_CONFIG"}
+    others = {"SMOLCHAT_CONFIG", "SMOLCHAT_API_KEY"}  # the key is a secret, never a setting
     for var, raw in environ.items():
         if not var.startswith(ENV_PREFIX) or var in others or raw == "":
             continue
@@ -406,10 +408,21 @@ class Effective:
                 shown = "true" if value is True else "false" if value is False else str(value)
                 if value is None:
                     shown = "none"
+                if name == "server":
+                    shown = _without_credentials(shown)
                 rows.append((name, shown, str(self.sources[name])))
             else:
                 rows.append((name, "-", "model / built-in default"))
         return rows
+
+
+def _without_credentials(url: str) -> str:
+    """A URL without ``user:password@``, query or fragment (what may be shown or recorded)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def resolve(

@@ -46,6 +46,7 @@ from smolchat.backend.types import (
 )
 from smolchat.engine.types import SamplingParams
 from smolchat.errors import ContextOverflowError
+from tests.remote.servers import Script, ScriptedServer
 from tests.tui.fake_engine import FakeEngine
 
 GREEDY = SamplingParams(temperature=0.0)
@@ -135,10 +136,84 @@ def fake_engine(request) -> Subject:
     return Subject(LocalBackend(engine), True, "What is the capital of France?", **hooks)
 
 
+def _remote_hooks(backend) -> dict:
+    @contextlib.contextmanager
+    def limit_context(n: int) -> Iterator[None]:
+        with (
+            mock.patch.object(backend, "_context", n),
+            mock.patch.object(backend, "_context_known", True),
+        ):
+            yield
+
+    return {"limit_context": limit_context}
+
+
+@pytest.fixture(scope="module")
+def scripted_server(smollm2_safetensors: Path) -> Iterator[ScriptedServer]:
+    """A real HTTP server of our own (tests/remote/servers.py) whose replies the test sets;
+    its usage figures count the prompt with the SmolLM2 tokenizer, as a real server would."""
+    from smolchat.chat.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_dir(smollm2_safetensors)
+
+    def prompt_count(body: dict) -> int:
+        thinking = body.get("chat_template_kwargs", {}).get("enable_thinking", True)
+        return len(tokenizer.encode_chat(body["messages"], enable_thinking=thinking))
+
+    server = ScriptedServer(prompt_count=prompt_count)
+    yield server
+    server.stop()
+
+
+def remote_scripted(request) -> Subject:
+    """RemoteBackend over real HTTP to the scripted server (with the SmolLM2 tokenizer)."""
+    from smolchat.backend.remote import RemoteBackend
+
+    server = request.getfixturevalue("scripted_server")
+    folder = request.getfixturevalue("smollm2_safetensors")
+    server.script = Script(words=["Paris", "."])
+    backend = RemoteBackend(server.url, tokenizer=str(folder))
+
+    @contextlib.contextmanager
+    def scripted(script: Script) -> Iterator[None]:
+        before, server.script = server.script, script
+        try:
+            yield
+        finally:
+            server.script = before
+
+    def never_stop() -> ContextManager[None]:
+        return scripted(Script(words=["word "], forever=True))
+
+    def failing(after: int) -> ContextManager[None]:
+        return scripted(Script(words=["word "], forever=True, cut_after=after))
+
+    return Subject(
+        backend,
+        False,
+        "What is the capital of France?",
+        never_stop=never_stop,
+        failing=failing,
+        **_remote_hooks(backend),
+    )
+
+
+def remote_transformers_serve(request) -> Subject:
+    """RemoteBackend against a real `transformers serve` on the SmolLM2 weights (slow CPU:
+    only the cases that generate a few tokens; the scripted server covers the rest)."""
+    from smolchat.backend.remote import RemoteBackend
+
+    server = request.getfixturevalue("transformers_serve")
+    backend = RemoteBackend(server.url)  # the served id is the folder: its tokenizer is used
+    return Subject(backend, False, "What is the capital of France?", **_remote_hooks(backend))
+
+
 FACTORIES = [
     pytest.param(local_tiny, id="local-tiny"),
     pytest.param(local_gguf, id="local-smollm2-gguf", marks=pytest.mark.slow),
     pytest.param(fake_engine, id="fake-engine"),
+    pytest.param(remote_scripted, id="remote-scripted-server"),
+    pytest.param(remote_transformers_serve, id="remote-transformers-serve", marks=pytest.mark.slow),
 ]
 
 
