@@ -178,6 +178,10 @@ class RemoteBackend:
         return "smollm3" in self._model.lower()  # no template to read: go by the name
 
     @property
+    def supports_end_thinking(self) -> bool:
+        return False  # a server cannot be told to close the reasoning mid-reply
+
+    @property
     def description(self) -> str:
         return f"remote: {self._shown_url}"
 
