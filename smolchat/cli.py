@@ -75,7 +75,8 @@ class RunConfig:
     files: list[Path] = field(default_factory=list)  # -f: attached to the -p message
     max_file_kb: int = DEFAULT_MAX_FILE_KB
     effective: Effective | None = None  # every setting with its source (None: built directly)
-    notes: list[str] = field(default_factory=list)  # for the user, once the chat starts
+    notes: list[str] = field(default_factory=list)  # warnings, once the chat starts
+    resumed: list[str] = field(default_factory=list)  # what --resume loaded, and which won
     resume_path: Path | None = None  # what ``resume`` named, once resolved
 
 
@@ -667,7 +668,7 @@ def make_session(engine: Any, config: RunConfig, *, store: bool = True) -> ChatS
         effective = config.effective or Effective()
         how = apply_on_resume(session, effective)
         n = session.exchanges()
-        config.notes.append(
+        config.resumed.append(
             f"Resumed {config.resume_path.name} ({n} exchange{'s' if n != 1 else ''}), {how}"
         )
     return session
@@ -757,7 +758,7 @@ def one_shot(config: RunConfig) -> int:
         for f in files:
             tokens = token_count(session, f.block())
             print(f"smolchat: attached {f.name} ({tokens} tokens)", file=sys.stderr)
-    for note in config.notes:
+    for note in config.notes + config.resumed:
         print(f"smolchat: {note}", file=sys.stderr)
     finished, interrupted = consume(session.send(message), session, on_reasoning, on_answer)
     if config.show_reasoning and finished is not None and finished.reasoning:
@@ -830,7 +831,9 @@ def plain_repl(config: RunConfig) -> int:
     session = make_session(engine, config)
     attach_context(session, config)
     for note in config.notes:
-        console.print(note, style="yellow" if not note.startswith("Resumed") else "dim")
+        console.print(note, style="yellow")
+    for note in config.resumed:
+        console.print(note, style="dim")
     from smolchat.chat.history import PromptHistory
     from smolchat.chat.paths import default_history_file
 
@@ -873,8 +876,9 @@ def tui(config: RunConfig) -> int:
             quantize=config.quantize,
             placement=None if remote else placement,  # no device to pick (nor torch to load)
             theme=config.theme or DEFAULT_THEME,
-            notices=config.notes,  # make_session adds to them (on the loading thread)
             history_file=default_history_file(),
+            notices=config.notes,  # make_session adds to both (on the loading thread)
+            notes=config.resumed,
         )
     )
     app.run()

@@ -28,6 +28,7 @@ from smolchat.backend.types import GenerationStats
 from smolchat.chat.commands import (
     Effect,
     HistoryChanged,
+    OpenChats,
     Quit,
     ShowHelp,
     ShowReasoning,
@@ -286,9 +287,10 @@ class PlainChat:
     def handle(self, line: str) -> bool:
         """Send a message or run a command; False when the REPL should end."""
         from smolchat.chat.commands import is_command, run_command
+        from smolchat.chat.context import compose
 
         if not is_command(line):
-            self.answer(self.session.send(line))
+            self.answer(self.session.send(compose(self.session, line)))
             return True
         result = run_command(self.session, line)
         if result.effect is None:
@@ -309,7 +311,7 @@ class PlainChat:
                 self.console.print(Text(f"reasoning {'shown' if show else 'hidden'}", style="dim"))
             case SwitchTheme():
                 self.console.print(Text("themes apply to the TUI only", style="dim"))
-            case HistoryChanged() | ShowHelp():  # the history changed and was autosaved
+            case HistoryChanged() | ShowHelp() | OpenChats():  # plain: the message says it all
                 if message:
                     self.console.print(Markdown(printable(message)))
                 if isinstance(effect, HistoryChanged):

@@ -335,3 +335,16 @@ def test_max_file_kb_can_come_from_the_config(fake, tmp_path, config_file: Path)
     result = runner.invoke(cli.cli, ["m", "-p", "hi", "-f", str(tmp_path / "big.txt")])
     assert result.exit_code == 1 and "over the 1 KB limit" in result.stderr
     assert os.path.exists(tmp_path / "big.txt")
+
+
+def test_a_preset_named_on_the_command_line_wins_over_a_resumed_chat(
+    fake, tmp_path: Path, config_file: Path
+) -> None:
+    _saved_chat(tmp_path, 0.6)
+    config_file.write_text('[presets.cold]\ntemperature = 0.05\nsystem = "Be cold."\n')
+    args = ["m", "--transcripts", str(tmp_path), "--resume", "saved", "-p", "next"]
+    result = runner.invoke(cli.cli, [*args, "--preset", "cold"])
+    assert result.exit_code == 0, result.output
+    assert sampling(fake).temperature == 0.05
+    assert "Be cold." in fake.tokenizer.decode(fake.calls[-1]["ids"])
+    assert "temperature 0.05 (the chat had 0.6)" in result.stderr

@@ -330,7 +330,7 @@ def test_commands_wait_for_a_running_reply(session) -> None:
 
 def test_complete() -> None:
     assert complete("/") == sorted(f"/{name}" for name in COMMANDS)
-    assert complete("/re") == ["/reasoning", "/retry"]
+    assert complete("/re") == ["/read", "/reasoning", "/retry"]
     assert complete("/no") == ["/no_think"]
     assert complete("th") == ["theme", "think"]
     assert complete("/set t") == [
@@ -402,3 +402,60 @@ def test_complete_paths(tmp_path, monkeypatch) -> None:
     assert complete("/load .h") == ["/load .hidden"]
     assert complete(f"/save {tmp_path}/b") == [f"/save {tmp_path}/b.md"]
     assert complete("/load nowhere/x") == []
+
+
+# --- /read, /preset, /chats ----------------------------------------------------------------
+
+
+def test_read_attaches_with_its_real_token_cost_and_refuses_bad_files(
+    session, engine, tmp_path
+) -> None:
+    from smolchat.chat.context import compose, context_of
+
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("alpha beta gamma\n")
+    result = run_command(session, f"/read {text_file}")
+    block = context_of(session).pending[0].block()
+    tokens = len(engine.tokenizer.encode(block))  # the real tokenizer's count
+    assert f"Attached `notes.txt` (0.0 KB, {tokens:,} tokens" in result.message
+    (tmp_path / "b.bin").write_bytes(b"\x00\x01")
+    (tmp_path / "big.txt").write_text("z" * (101 * 1024))
+    for name, why in [("b.bin", "binary"), ("big.txt", "over the 100 KB limit"),
+                      ("none.txt", "no such file"), ("", "a folder")]:  # fmt: skip
+        with pytest.raises(SmolchatError, match=why):
+            run_command(session, f"/read {tmp_path / name}")
+    assert len(context_of(session).pending) == 1  # refusals add nothing
+    message = compose(session, "summarize")
+    assert message == block + "\n\nsummarize" and context_of(session).pending == []
+    with pytest.raises(CommandError, match="/read needs a file"):
+        run_command(session, "/read")
+
+
+def test_preset_applies_a_system_prompt_and_settings(session) -> None:
+    from smolchat.chat.config import Preset
+    from smolchat.chat.context import ChatContext, set_context
+
+    assert "No presets" in run_command(session, "/preset").message
+    presets = {"terse": Preset("terse", {"system": "Be terse.", "top_k": 5, "model": "x"})}
+    set_context(session, ChatContext(presets=presets))
+    assert (
+        "| terse | system Be terse., top_k 5, model x |" in run_command(session, "/preset").message
+    )
+    result = run_command(session, "/preset terse")
+    assert session.system_prompt == "Be terse." and session.settings.sampling.top_k == 5
+    assert "model apply at start: smolchat --preset terse" in result.message
+    with pytest.raises(CommandError, match=r"no preset 'ters' .*did you mean"):
+        run_command(session, "/preset ters")
+
+
+def test_chats_lists_the_library_and_asks_the_ui_to_open_it(session, tmp_path) -> None:
+    from smolchat.chat.commands import OpenChats
+
+    run_command(session, "/system hi")  # nothing saved yet: an empty library
+    empty = run_command(session, "/chats")
+    assert "No saved chats" in empty.message and empty.effect == OpenChats("")
+    list(session.send("remember lima"))  # autosaved into the store
+    listed = run_command(session, "/chats")
+    assert "remember lima (1)" in listed.message
+    found = run_command(session, "/chats LIMA")
+    assert found.effect == OpenChats("LIMA") and "remember lima:" in found.message

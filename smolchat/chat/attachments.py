@@ -20,7 +20,6 @@ __all__ = [
     "DEFAULT_MAX_FILE_KB",
     "Attachment",
     "AttachmentError",
-    "complete_path",
     "message_with",
     "read_attachment",
 ]
@@ -109,24 +108,3 @@ def message_with(attachments: Sequence[Attachment], text: str) -> str:
     if text.strip():
         parts.append(text)
     return "\n\n".join(parts)
-
-
-def complete_path(prefix: str, limit: int = 50) -> list[str]:
-    """Paths that complete ``prefix`` (``~`` kept as typed), folders ending in ``/``, sorted."""
-    expanded = os.path.expanduser(prefix) if prefix.startswith("~") else prefix
-    folder, stem = os.path.split(expanded)
-    shown_folder = os.path.split(prefix)[0]
-    try:
-        names = sorted(os.listdir(folder or "."))
-    except OSError:
-        return []
-    out = []
-    for name in names:
-        if not name.startswith(stem) or (name.startswith(".") and not stem.startswith(".")):
-            continue
-        full = os.path.join(folder, name)
-        shown = os.path.join(shown_folder, name) if shown_folder else name
-        out.append(shown + ("/" if os.path.isdir(full) else ""))
-        if len(out) >= limit:
-            break
-    return out

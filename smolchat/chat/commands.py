@@ -47,7 +47,11 @@ import shlex
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from smolchat.chat.attachments import read_attachment
+from smolchat.chat.config import SESSION_KEYS, apply_settings
+from smolchat.chat.context import context_of, token_count
 from smolchat.chat.events import ChatEvent
 from smolchat.chat.format import context_use, finish_note
 from smolchat.chat.session import MIN_REPLY_ROOM, ChatSession
@@ -59,7 +63,7 @@ from smolchat.chat.settings import (
     suggest,
 )
 from smolchat.chat.text import valid_text
-from smolchat.errors import CommandError
+from smolchat.errors import CommandError, SmolchatError
 
 __all__ = [
     "COMMANDS",
@@ -67,6 +71,7 @@ __all__ = [
     "CommandResult",
     "Effect",
     "HistoryChanged",
+    "OpenChats",
     "Quit",
     "ShowHelp",
     "ShowReasoning",
@@ -131,7 +136,15 @@ class ShowHelp:
     topic: str | None = None
 
 
-Effect = Quit | StreamReply | HistoryChanged | SwitchTheme | ShowReasoning | ShowHelp
+@dataclass(frozen=True)
+class OpenChats:
+    """Open the chat library (``/chats [TEXT]``): the saved chats, searched for ``query``.
+    A UI without a browser shows the command's message (the newest chats) instead."""
+
+    query: str = ""
+
+
+Effect = Quit | StreamReply | HistoryChanged | SwitchTheme | ShowReasoning | ShowHelp | OpenChats
 
 
 @dataclass(frozen=True)
@@ -560,6 +573,89 @@ def _cmd_reasoning(session: ChatSession, args: str) -> CommandResult:
         got = f", got {args.strip()[:40]!r}" if word else ""
         raise CommandError(f"/reasoning takes show or hide{got}{suggest(word, ['show', 'hide'])}")
     return CommandResult(effect=ShowReasoning(word == "show"))
+
+
+@command(
+    "read",
+    "/read PATH",
+    "put a text file into your next message (shows its token cost first)",
+    complete_arg=complete_path,
+)
+def _cmd_read(session: ChatSession, args: str) -> CommandResult:
+    context = context_of(session)
+    raw = one_path("read", args)
+    if not raw:
+        if not context.pending:
+            raise CommandError("/read needs a file: /read PATH (~ and relative paths work)")
+        names = ", ".join(f"`{a.name}`" for a in context.pending)
+        return CommandResult(f"Going with your next message: {names}")
+    attachment = read_attachment(raw, context.max_file_kb)
+    context.pending.append(attachment)
+    tokens = token_count(session, attachment.block())
+    used, limit = session.context_used(), session.context_limit()
+    room = f"; the chat uses {used:,} of {limit:,} tokens" if limit else ""
+    more = f" ({len(context.pending)} files)" if len(context.pending) > 1 else ""
+    return CommandResult(
+        f"Attached `{attachment.name}` ({attachment.size / 1024:.1f} KB, {tokens:,} tokens"
+        f"{room}): it goes into your next message{more}."
+    )
+
+
+def _preset_table(presets: Mapping[str, Any]) -> str:
+    rows = ["| preset | sets |", "|---|---|"]
+    for name, preset in presets.items():
+        parts = []
+        for key, value in preset.values.items():
+            shown = " ".join(str(value).split())
+            parts.append(f"{key} {shown[:40] + '…' if len(shown) > 40 else shown}")
+        rows.append(f"| {name} | {', '.join(parts) or '(nothing)'} |".replace("\n", " "))
+    return "\n".join(rows)
+
+
+@command("preset", "/preset [NAME]", "list the config file's presets, or apply one")
+def _cmd_preset(session: ChatSession, args: str) -> CommandResult:
+    presets = context_of(session).presets
+    name = args.strip()
+    if not name:
+        if not presets:
+            return CommandResult(
+                "No presets: add a `[presets.NAME]` table (a system prompt and any settings) "
+                "to the config file (`smolchat config` names it)."
+            )
+        return CommandResult(_preset_table(presets))
+    preset = presets.get(name)
+    if preset is None:
+        known = ", ".join(presets) or "none defined"
+        raise CommandError(f"no preset {name!r} (presets: {known}){suggest(name, list(presets))}")
+    values = dict(preset.values)
+    try:
+        apply_settings(session, values)
+    except SmolchatError as error:
+        raise CommandError(f"preset {name!r}: {error}") from None
+    applied = [k for k in values if k in SESSION_KEYS]
+    later = [k for k in values if k not in SESSION_KEYS and k != "theme"]
+    message = f"Preset {name}: " + (", ".join(applied) or "nothing to change in the chat")
+    if later:
+        message += f" ({', '.join(later)} apply at start: smolchat --preset {name})"
+    theme = values.get("theme")
+    return CommandResult(message, SwitchTheme(theme) if isinstance(theme, str) else None)
+
+
+@command("chats", "/chats [TEXT]", "the saved chats: search, open, rename, delete (Ctrl+L)")
+def _cmd_chats(session: ChatSession, args: str) -> CommandResult:
+    from smolchat.chat.library import ChatLibrary
+
+    query = args.strip()
+    library = ChatLibrary(context_of(session).folder)
+    if query:
+        lines = [
+            f"- `{h.entry.id}` {h.entry.title}: {h.snippet}" for h in library.search(query, 10)
+        ]
+    else:
+        lines = [f"- `{e.id}` {e.title} ({e.exchanges})" for e in library.entries(10)]
+    listing = "\n".join(lines) or f"No saved chats in {library.root}."
+    return CommandResult(listing + "\n\n`/load PATH` or `smolchat MODEL --resume ID` opens one.",
+                         OpenChats(query))  # fmt: skip
 
 
 @command("exit", "/exit", "leave smolchat", aliases=("quit", "q"))

@@ -396,8 +396,14 @@ class Effective:
         return self.values.get(name, default)
 
     def from_command_line(self, name: str) -> bool:
+        """True if ``name`` was given on the command line, or by a preset named there."""
         src = self.sources.get(name)
-        return src is not None and src.layer == COMMAND_LINE
+        if src is None:
+            return False
+        if src.layer == PRESET:
+            chosen = self.sources.get("preset")
+            return chosen is not None and chosen.layer == COMMAND_LINE
+        return src.layer == COMMAND_LINE
 
     def table(self) -> list[tuple[str, str, str]]:
         """(key, value, source) rows for every key, for ``--print-config``."""

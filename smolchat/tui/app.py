@@ -55,6 +55,7 @@ class AppOptions:
     resume: Path | None = None  # a transcript to load once the session exists
     notices: list[str] = field(default_factory=list)  # shown once the chat opens
     history_file: Path | None = None  # the prompt history kept across runs (None: memory only)
+    notes: list[str] = field(default_factory=list)  # shown in the conversation (Markdown-free)
 
 
 class LoadCancelled(Exception):
@@ -226,6 +227,8 @@ class SmolchatApp(App[None]):
             chat.draft = loading.typed
             chat.send_draft = loading.send_when_ready
         await self.switch_screen(chat)
+        for note in self.options.notes:
+            chat.note(note)
         for notice in self.options.notices:
             self.notify(notice, severity="warning", markup=False)
         if history.problem:

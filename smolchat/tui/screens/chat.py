@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if sys.version_info >= (3, 11):
@@ -27,6 +28,7 @@ from smolchat.chat.commands import (
     COMMANDS,
     Effect,
     HistoryChanged,
+    OpenChats,
     Quit,
     ShowHelp,
     ShowReasoning,
@@ -37,11 +39,14 @@ from smolchat.chat.commands import (
     is_read_only,
     run_command,
 )
+from smolchat.chat.context import compose, context_of
 from smolchat.chat.events import AnswerDelta, ChatEvent, ReasoningDelta, TurnFinished
 from smolchat.chat.history import PromptHistory
+from smolchat.chat.library import ChatLibrary
 from smolchat.chat.thinking import resolve_thinking
 from smolchat.editor import edit_text
 from smolchat.errors import ContextOverflowError, SmolchatError
+from smolchat.tui.screens.chats import ChatsScreen
 from smolchat.tui.screens.dialogs import (
     ConfirmScreen,
     HelpScreen,
@@ -80,6 +85,9 @@ class ChatScreen(Screen[None]):
             "toggle_think",
             "Think",
             tooltip="think / no_think; while it reasons: stop thinking and answer now",
+        ),
+        Binding(
+            "ctrl+l", "chats", "Chats", show=False, tooltip="saved chats: search, open, delete"
         ),
         Binding("f1", "help", "Help", tooltip="this help"),
         Binding(
@@ -298,7 +306,8 @@ class ChatScreen(Screen[None]):
                 cut=self._exchange_widget(exchange),
             )
         else:
-            await self.start_turn(lambda: self.session.send(text), user_text=text)
+            message = compose(self.session, text)  # with the files of /read, if any
+            await self.start_turn(lambda: self.session.send(message), user_text=message)
 
     async def run_slash(self, line: str) -> None:
         """Run a slash command through the shared implementation and carry out its effect."""
@@ -348,6 +357,8 @@ class ChatScreen(Screen[None]):
                     self.note(message)
             case ShowHelp(topic=topic):
                 self.app.push_screen(HelpScreen(message if topic else None, keys=self.keys_help()))
+            case OpenChats(query=query):
+                self.open_chats(query)
             case _:
                 assert_never(effect)
 
@@ -726,6 +737,35 @@ class ChatScreen(Screen[None]):
 
     def action_help(self) -> None:
         self.app.push_screen(HelpScreen(keys=self.keys_help()))
+
+    def action_chats(self) -> None:
+        self.open_chats()
+
+    def open_chats(self, query: str = "") -> None:
+        """The chat browser; the chat chosen there replaces this conversation."""
+        library = ChatLibrary(context_of(self.session).folder)
+
+        async def chosen(path: Path | None) -> None:
+            if path is not None:
+                await self.open_chat(path)
+
+        self.app.push_screen(ChatsScreen(library, query), chosen)
+
+    async def open_chat(self, path: Path) -> None:
+        """Load a saved chat: history, system prompt and settings (the KV cache is rebuilt
+        on the next turn, from the common prefix)."""
+        if self.generating:
+            self.notify("Still answering: press Esc to stop it first.", severity="warning")
+            return
+        try:
+            self.session.load(path)
+        except SmolchatError as error:
+            self.notify(str(error), severity="error", markup=False)
+            return
+        await self.rebuild()
+        self.refresh_status()
+        n = self.session.exchanges()
+        self.notify(f"Opened {path.name} ({n} exchange{'s' if n != 1 else ''})", markup=False)
 
 
 @dataclass
