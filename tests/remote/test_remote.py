@@ -288,3 +288,16 @@ def test_the_key_reaches_no_file_no_output(tmp_path: Path) -> None:
             assert b"pw123" not in data and b"qq7" not in data, path
     finally:
         server.stop()
+
+
+def test_the_remote_path_never_imports_torch(scripted) -> None:
+    probe = (
+        "import sys, atexit\n"
+        "atexit.register(lambda: print('torch' in sys.modules, file=sys.stderr))\n"
+        f"sys.argv = ['smolchat', '--server', {scripted.url!r}, '-p', 'Hi']\n"
+        "from smolchat.cli import main\n"
+        "main()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout == "Paris.\n", out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "False"  # torch was never imported
