@@ -386,11 +386,25 @@ def chat(
     if print_config:
         _print_config(effective)
         raise typer.Exit(0)
+    config = run_config(effective)
+    if config.server is not None:
+        local_only = {"--device": device, "--dtype": dtype, "--quantize": quantize}
+        given_local = [name for name, value in local_only.items() if value is not None]
+        if exact:
+            given_local.append("--exact")
+        if given_local:
+            raise typer.BadParameter(
+                f"{given_local[0]} has no effect with --server (the server loads the model)",
+                param_hint="--server",
+            )
+    else:
+        if api_key is not None or tokenizer is not None:
+            name = "--api-key" if api_key is not None else "--tokenizer"
+            raise typer.BadParameter(f"{name} goes with --server URL", param_hint=name)
     if file and prompt is None:
         raise typer.BadParameter("-f/--file goes with -p (in a chat, use /read PATH)")
     if prompt == "-":
         prompt = read_stdin().removesuffix("\n").removesuffix("\r")
-    config = run_config(effective)
     config.resume = resume
     config.prompt = prompt
     config.files = list(file or [])

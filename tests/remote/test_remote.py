@@ -301,3 +301,11 @@ def test_the_remote_path_never_imports_torch(scripted) -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout == "Paris.\n", out.stderr
     assert out.stderr.strip().splitlines()[-1] == "False"  # torch was never imported
+
+
+def test_local_only_options_are_refused_with_server(scripted) -> None:
+    out = run_cli("--server", scripted.url, "--quantize", "nf4", "-p", "Hi")
+    assert out.returncode == 2 and "--quantize has no effect with --server" in out.stderr
+    out = run_cli("--api-key", "x", "-p", "Hi")
+    assert out.returncode == 2 and "--api-key goes with --server" in out.stderr
+    assert scripted.requests == []
