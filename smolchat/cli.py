@@ -550,6 +550,114 @@ def chats_command(
             typer.echo(printable(f"    {hit.where}: {hit.snippet}"))
 
 
+@subcommand(
+    "serve",
+    "Serve the model over the OpenAI API (/v1/chat/completions, /v1/models, /health): "
+    "one engine, requests answered in arrival order. Needs the serve extra: "
+    "pip install 'smolchat[serve]'.",
+)
+def serve_command(
+    model: Annotated[
+        str | None,
+        typer.Argument(help=f"Hub id, local folder or .gguf file [default: {DEFAULT_MODEL}]."),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free one).")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Answer only requests with 'Authorization: Bearer KEY' "
+            "[default: $SMOLCHAT_API_KEY].",
+            show_default=False,
+        ),
+    ] = None,
+    served_model_name: Annotated[
+        str | None,
+        typer.Option(help="The model id clients see and send [default: the model's name]."),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help=DEVICE_HELP, callback=_check_device, rich_help_panel=MODEL)
+    ] = None,
+    dtype: Annotated[
+        DType | None,
+        typer.Option(
+            case_sensitive=False,
+            metavar="DTYPE",
+            help="auto, bfloat16, float16 or float32 (auto: bf16 on CUDA, see the README).",
+            rich_help_panel=MODEL,
+        ),
+    ] = None,
+    quantize: Annotated[
+        Quantize | None,
+        typer.Option(help="Quantize the weights (4-bit NF4).", rich_help_panel=MODEL),
+    ] = None,
+    exact: Annotated[
+        bool,
+        typer.Option(
+            "--exact",
+            help="GGUF on CPU: dequantize every weight to float32 (see smolchat --help).",
+            rich_help_panel=MODEL,
+        ),
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No line per request on stderr.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+) -> None:
+    config = RunConfig(
+        model=model or DEFAULT_MODEL,
+        device=device or "auto",
+        dtype=dtype.value if dtype else "auto",
+        quantize=quantize.value if quantize else None,
+        exact=True if exact else None,
+        debug=debug,
+    )
+    key = api_key if api_key is not None else os.environ.get("SMOLCHAT_API_KEY") or None
+    raise typer.Exit(
+        _run_guarded(config, lambda: serve_mode(config, key, host, port, quiet, served_model_name))
+    )
+
+
+def serve_mode(
+    config: RunConfig,
+    api_key: str | None,
+    host: str,
+    port: int,
+    quiet: bool,
+    served_model_name: str | None,
+) -> int:
+    """``smolchat serve``: load the model, then serve it until Ctrl+C."""
+    from rich.console import Console
+
+    from smolchat.plain import load_with_progress
+
+    try:
+        from smolchat.serve.app import ServeOptions
+        from smolchat.serve.server import bind, log_to_stderr, serve, warn_if_exposed
+    except ImportError as error:
+        raise SmolchatError(
+            f"smolchat serve needs FastAPI and uvicorn ({error.name} is missing): "
+            "pip install 'smolchat[serve]'"
+        ) from None
+    from smolchat.backend.local import LocalBackend
+
+    if api_key is not None and not api_key.strip():
+        raise SmolchatError("--api-key is empty: give a key, or leave the option out")
+    warn_if_exposed(host, api_key)
+    sock = bind(host, port)  # a taken port fails now, not after loading the model
+    engine = load_with_progress(
+        lambda progress: load_engine(config, progress), Console(stderr=True)
+    )
+    backend = LocalBackend(engine)
+    name = served_model_name or backend.model_name or config.model
+    aliases = tuple({config.model, Path(config.model).name, Path(config.model).stem} - {name})
+    options = ServeOptions(
+        model_id=name, aliases=aliases, api_key=api_key, log=None if quiet else log_to_stderr
+    )
+    serve(backend, options, sock)
+    return ExitCode.OK
+
+
 def _chat_line(entry: ChatEntry) -> str:
     """``2026-12-01 07:30  3f2a1bc   3 exchanges  SmolLM3-3B  title``."""
     model = entry.model.rstrip("/").rsplit("/", 1)[-1] or "?"
@@ -581,14 +689,23 @@ def read_stdin() -> str:
 
 def run(config: RunConfig) -> int:
     """Run the chosen mode; a SmolchatError becomes one line on stderr and status 1."""
+    return _run_guarded(config, lambda: _run_mode(config))
+
+
+def _run_mode(config: RunConfig) -> int:
+    if config.resume is not None:  # a wrong id fails now, not after loading the model
+        config.resume_path = _resume_path(config)
+    if config.prompt is not None:
+        return one_shot(config)
+    if config.plain:
+        return plain_repl(config)
+    return tui(config)
+
+
+def _run_guarded(config: RunConfig, mode: Callable[[], int]) -> int:
+    """``mode()``; a SmolchatError becomes one line on stderr and status 1, and so on."""
     try:
-        if config.resume is not None:  # a wrong id fails now, not after loading the model
-            config.resume_path = _resume_path(config)
-        if config.prompt is not None:
-            return one_shot(config)
-        if config.plain:
-            return plain_repl(config)
-        return tui(config)
+        return mode()
     except BrokenPipeError:  # stdout closed early (`| head`): end quietly, like other tools
         silence_stdout()
         return ExitCode.BROKEN_PIPE
