@@ -64,6 +64,7 @@ class RunConfig:
     sampling: dict[str, Any] = field(default_factory=dict)  # only the options given
     max_new_tokens: int | None = None
     theme: str | None = None
+    message_width: int | None = None  # None: the TUI's default; 0: the full width
     transcripts: Path | None = None
     autosave: bool = True
     resume: str | None = None  # None: a new chat; "": the newest; else an id, prefix or path
@@ -286,6 +287,14 @@ def chat(
         str | None,
         typer.Option(help=_THEMES_HELP, callback=_check_theme, rich_help_panel=CHAT),
     ] = None,
+    message_width: Annotated[
+        int | None,
+        typer.Option(
+            help="TUI: columns a message takes at most (default 110; 0: the full width).",
+            min=0,
+            rich_help_panel=CHAT,
+        ),
+    ] = None,
     transcripts: Annotated[
         Path | None,
         typer.Option(help="Folder for transcripts.", file_okay=False, rich_help_panel=CHAT),
@@ -363,6 +372,7 @@ def chat(
         "seed": seed,
         "max_new_tokens": max_new_tokens,
         "theme": theme,
+        "message_width": message_width,
         "transcripts": transcripts,
         "autosave": autosave,
         "max_file_kb": max_file_kb,
@@ -457,6 +467,7 @@ def run_config(effective: Effective) -> RunConfig:
         sampling={k: values[k] for k in SAMPLING_KEYS if k in values},
         max_new_tokens=values.get("max_new_tokens"),
         theme=values.get("theme"),
+        message_width=values.get("message_width"),
         transcripts=values.get("transcripts"),
         autosave=values.get("autosave", True),
         max_file_kb=values.get("max_file_kb", DEFAULT_MAX_FILE_KB),
@@ -987,6 +998,7 @@ def tui(config: RunConfig) -> int:
     """The Textual app."""
     from smolchat.chat.paths import default_history_file
     from smolchat.tui.app import AppOptions, SmolchatApp
+    from smolchat.tui.screens.chat import MESSAGE_WIDTH
     from smolchat.tui.themes import DEFAULT_THEME
 
     def placement() -> tuple[str, str]:
@@ -997,6 +1009,8 @@ def tui(config: RunConfig) -> int:
         return str(device), str(dtype).removeprefix("torch.")
 
     remote = config.server is not None
+    width = config.message_width
+    message_width = MESSAGE_WIDTH if width is None else (width or None)
     app = SmolchatApp(
         AppOptions(
             model=_remote_label(config) if remote else config.model,
@@ -1010,6 +1024,7 @@ def tui(config: RunConfig) -> int:
             history_file=default_history_file(),
             notices=config.notes,  # make_session adds to both (on the loading thread)
             notes=config.resumed,
+            message_width=message_width,
         )
     )
     app.run()

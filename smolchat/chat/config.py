@@ -124,6 +124,7 @@ _KEYS = [
     Key("system", "str", "system prompt"),
     Key("think", "bool", "reason before answering"),
     Key("theme", "str", "TUI theme"),
+    Key("message_width", "int", "TUI: columns a message takes at most; 0 = the full width"),
     Key("transcripts", "path", "folder for transcripts"),
     Key("autosave", "bool", "save every reply"),
     Key("max_file_kb", "int", "largest file /read and -f accept, in KB", _positive),

@@ -22,7 +22,7 @@ from smolchat.chat.history import PromptHistory
 from smolchat.errors import SmolchatError, is_out_of_memory, out_of_memory_line
 from smolchat.exit_codes import ExitCode
 from smolchat.tui.palette import SmolchatCommands
-from smolchat.tui.screens.chat import ChatScreen
+from smolchat.tui.screens.chat import MESSAGE_WIDTH, ChatScreen
 from smolchat.tui.screens.loading import LoadingScreen
 from smolchat.tui.themes import DEFAULT_THEME, available_themes, load_theme, palette_for
 
@@ -56,6 +56,7 @@ class AppOptions:
     notices: list[str] = field(default_factory=list)  # shown once the chat opens
     history_file: Path | None = None  # the prompt history kept across runs (None: memory only)
     notes: list[str] = field(default_factory=list)  # shown in the conversation (Markdown-free)
+    message_width: int | None = MESSAGE_WIDTH  # columns per message at most (None: no limit)
 
 
 class LoadCancelled(Exception):
@@ -222,7 +223,12 @@ class SmolchatApp(App[None]):
                 self.notify(str(error), severity="error", markup=False)
         loading = self.screen if isinstance(self.screen, LoadingScreen) else None
         history = PromptHistory(self.options.history_file)
-        chat = ChatScreen(session, show_reasoning=self.options.show_reasoning, history=history)
+        chat = ChatScreen(
+            session,
+            show_reasoning=self.options.show_reasoning,
+            history=history,
+            message_width=self.options.message_width,
+        )
         if loading is not None and loading.typed:  # type-ahead goes to the prompt
             chat.draft = loading.typed
             chat.send_draft = loading.send_when_ready

@@ -433,3 +433,36 @@ async def test_ctrl_t_while_reasoning_stops_thinking_with_the_real_engine(tmp_pa
         reply = screen.session.messages[1]
         assert reply["reasoning"] and reply["content"]  # closed early, then answered
         assert screen.session.settings.thinking is True  # the mode itself did not change
+
+
+# ---- reading comfort ----------------------------------------------------------------------------
+
+
+async def test_welcome_panel_width_limit_and_a_growing_context_meter() -> None:
+    engine = FakeEngine(lambda q: "word " * 200, delay=0.01)
+    app = make_app(engine)
+    async with running(app, size=(200, 40)) as (pilot, _):
+        screen = await chat_screen(pilot)
+        (panel,) = screen.query("#welcome")
+        text = str(panel.render())
+        assert engine.model_name in text and "context 8,192 tokens" in text and "F1" in text
+        status = screen.query_one("#status")
+        meters: list[str] = []
+        screen.prompt.load_text("go")
+        await pilot.press("enter")
+        while screen.generating or not meters:
+            meters.append(str(status.render()).split("ctx ")[1].split(" ")[0])
+            await pilot.pause(0.05)
+        assert not screen.query("#welcome")  # gone with the first message
+        used = [int(m.split("/")[0].replace(",", "")) for m in meters]
+        assert len(set(used)) >= 3 and used == sorted(used)  # it grew while streaming
+        reply = screen.query(AssistantMessage).last()
+        assert reply.size.width <= 110 < screen.conversation.size.width
+
+
+async def test_message_width_can_be_turned_off() -> None:
+    app = make_app(message_width=None)
+    async with running(app, size=(200, 40)) as (pilot, _):
+        screen = await submit(pilot, "hi")
+        reply = screen.query(AssistantMessage).last()
+        assert reply.size.width > 150

@@ -69,3 +69,26 @@ def test_help_screen(snap_compare) -> None:
         await pilot.pause()
 
     assert snap_compare(make_app(), terminal_size=SIZE, run_before=run_before)
+
+
+def test_welcome_panel_80x24(snap_compare) -> None:
+    async def run_before(pilot: Pilot) -> None:
+        await chat_screen(pilot)
+        await pilot.pause()
+
+    assert snap_compare(make_app(), terminal_size=(80, 24), run_before=run_before)
+
+
+def test_wide_terminal_keeps_messages_readable_200x50(snap_compare) -> None:
+    app = make_app(
+        FakeEngine(
+            lambda q: "word " * 120 + "\n\n```python\ndef add(a, b):\n    return a + b\n```\n"
+        )
+    )
+
+    async def run_before(pilot: Pilot) -> None:
+        await submit(pilot, "A long answer please")
+        await pilot.press("alt+up")  # the reply highlighted
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(200, 50), run_before=run_before)

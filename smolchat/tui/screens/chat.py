@@ -59,6 +59,7 @@ from smolchat.tui.widgets.conversation import (
     ConversationView,
     NoteMessage,
     UserMessage,
+    WelcomePanel,
 )
 from smolchat.tui.widgets.prompt import CommandHint, PromptInput
 from smolchat.tui.widgets.status import StatusBar, StatusInfo
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
 
 StreamFactory = Callable[[], Iterator[ChatEvent]]
 FRAME_S = 1 / 30  # the worker posts streamed text at most this often
+MESSAGE_WIDTH = 110  # columns a message may take at most (None: the full width)
 QUIT_WINDOW_S = 2.0  # Ctrl+C on an empty prompt quits only if pressed again within this
 
 
@@ -152,10 +154,11 @@ class ChatScreen(Screen[None]):
     class Chunk(Message):
         """Streamed text gathered by the worker since its last post."""
 
-        def __init__(self, reasoning: str, answer: str) -> None:
+        def __init__(self, reasoning: str, answer: str, tokens: int = 0) -> None:
             super().__init__()
             self.reasoning = reasoning
             self.answer = answer
+            self.tokens = tokens  # deltas streamed so far in this turn (about one per token)
 
     class TurnDone(Message):
         """The session finished the turn (stopped and failed turns included)."""
@@ -179,6 +182,7 @@ class ChatScreen(Screen[None]):
         *,
         show_reasoning: bool = False,
         history: PromptHistory | None = None,
+        message_width: int | None = MESSAGE_WIDTH,
     ) -> None:
         super().__init__()
         self.session = session
@@ -193,6 +197,8 @@ class ChatScreen(Screen[None]):
         self._drawn.set()
         self._quit_armed_at = -QUIT_WINDOW_S  # monotonic time of the last idle Ctrl+C
         self.editing: int | None = None  # the exchange the prompt's text will replace
+        self._context_at_start = 0  # context use when the streaming turn started
+        self.message_width = message_width
 
     # ---- layout -----------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -208,6 +214,12 @@ class ChatScreen(Screen[None]):
         yield Footer()
 
     async def on_mount(self) -> None:
+        if self.message_width:  # wide terminals: lines short enough to read
+            self.app.stylesheet.add_source(
+                f"#conversation > .message {{ max-width: {self.message_width}; }}",
+                read_from=("smolchat-message-width", ""),
+            )
+            self.app.refresh_css(animate=False)
         self.conversation.anchor()
         await self.rebuild()
         self.prompt.focus()
@@ -253,10 +265,23 @@ class ChatScreen(Screen[None]):
                     finish_reason=m.get("finish_reason"),
                     stats=m.get("stats"),
                 )
+        if not widgets:
+            await self.conversation.mount(WelcomePanel(self.welcome_text()))
         self.conversation.scroll_end(animate=False)
         self.refresh_status()
 
-    def refresh_status(self) -> None:
+    def welcome_text(self) -> str:
+        """The panel of an empty chat: the model, where it runs, the context, three keys."""
+        backend = self.session.backend
+        return (
+            f"{backend.model_name}\n"
+            f"{backend.description} · context {self.session.context_limit():,} tokens\n\n"
+            "Enter sends · F1 keys and commands · Ctrl+P palette"
+        )
+
+    def refresh_status(self, streamed: int = 0) -> None:
+        """Redraw the status bar; ``streamed``: reply tokens so far (the context meter grows
+        while a reply streams)."""
         backend = self.session.backend
         settings = self.session.settings
         self.query_one(StatusBar).show(
@@ -266,7 +291,9 @@ class ChatScreen(Screen[None]):
                 thinking=settings.thinking if backend.has_thinking_mode else None,
                 temperature=settings.sampling.temperature,
                 top_p=settings.sampling.top_p,
-                context_used=self.session.context_used(),
+                context_used=self._context_at_start + streamed
+                if streamed
+                else self.session.context_used(),
                 context_limit=self.session.context_limit(),
                 last_stats=self.session.last_stats,
                 busy=self.generating,
@@ -381,6 +408,8 @@ class ChatScreen(Screen[None]):
         ``cut``: the entry the turn replaces, shown no more with everything after it (an edit,
         a retry from an earlier message); else /retry replaces the last reply.
         """
+        for panel in self.conversation.query(WelcomePanel):
+            await panel.remove()
         entries = self.conversation.entries()
         if cut is not None and cut in entries:
             for widget in entries[entries.index(cut) :]:
@@ -394,6 +423,7 @@ class ChatScreen(Screen[None]):
         await self.conversation.mount_all(turn.widgets)
         self.conversation.anchor()
         self.turn = turn
+        self._context_at_start = self.session.context_used()
         self.refresh_status()
         self._drawn.set()
         self.generate(factory, drop)
@@ -408,6 +438,7 @@ class ChatScreen(Screen[None]):
         reasoning: list[str] = []
         answer: list[str] = []
         last_post = 0.0
+        streamed = 0
         try:
             if drop:
                 self.session.drop_oldest(drop)
@@ -417,8 +448,10 @@ class ChatScreen(Screen[None]):
                     self.session.cancel()
                 if isinstance(event, ReasoningDelta):
                     reasoning.append(event.text)
+                    streamed += 1
                 elif isinstance(event, AnswerDelta):
                     answer.append(event.text)
+                    streamed += 1
                 elif isinstance(event, TurnFinished):
                     self.post_message(self.Chunk("".join(reasoning), "".join(answer)))
                     self.post_message(self.TurnDone(event))
@@ -426,7 +459,7 @@ class ChatScreen(Screen[None]):
                 now = time.monotonic()
                 if now - last_post >= FRAME_S and self._drawn.is_set():
                     self._drawn.clear()  # set again once the UI has drawn this chunk
-                    self.post_message(self.Chunk("".join(reasoning), "".join(answer)))
+                    self.post_message(self.Chunk("".join(reasoning), "".join(answer), streamed))
                     reasoning.clear()
                     answer.clear()
                     last_post = now
@@ -444,6 +477,8 @@ class ChatScreen(Screen[None]):
         if self.turn is not None:
             self.turn.reply.add_reasoning(message.reasoning)
             await self.turn.reply.add_answer(message.answer)
+            if message.tokens:
+                self.refresh_status(streamed=message.tokens)
         self.call_after_refresh(self._drawn.set)
 
     @on(TurnDone)

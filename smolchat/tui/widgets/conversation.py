@@ -27,6 +27,13 @@ class UserMessage(Static):
         self.text = text
 
 
+class WelcomePanel(Static):
+    """Shown in an empty chat: the model, where it runs, the context size, a few keys."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(printable(text), markup=False, id="welcome")
+
+
 class NoteMessage(Markdown):
     """Output of a slash command (``/stats``, ``/set``, ...), rendered as Markdown."""
 
