@@ -13,6 +13,7 @@ the ``gguf`` package's reference code (``gguf.quants``).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import struct
 from collections.abc import Iterator
@@ -196,6 +197,19 @@ class GGUFFile:
     def raw(self, info: TensorInfo) -> np.ndarray:
         """The tensor's bytes: a read-only uint8 view of the mapped file."""
         return self.data[info.offset : info.offset + info.nbytes]
+
+    def release(self, info: TensorInfo) -> None:
+        """Drop the tensor's pages from this process's resident set (they stay in the page
+        cache), so reading a file tensor by tensor never holds the whole file resident."""
+        import mmap
+
+        handle = getattr(self.data, "_mmap", None)
+        advice = getattr(mmap, "MADV_DONTNEED", None)
+        if handle is None or advice is None or info.nbytes == 0:
+            return
+        start = info.offset // mmap.PAGESIZE * mmap.PAGESIZE
+        with contextlib.suppress(OSError, ValueError):  # advice only: never fatal
+            handle.madvise(advice, start, info.offset + info.nbytes - start)
 
     def tensor(self, info: TensorInfo) -> torch.Tensor:
         """The tensor as floats (float32 for block types; F16/BF16/F32 kept as stored)."""

@@ -386,6 +386,7 @@ def load_gguf_quantized(
                 _assign_dense(modules, name, tensor, dtype)
             held += tensor.numel() * dtype.itemsize
             del tensor
+        f.release(info)
         if progress is not None:
             progress("weights", done, len(f.tensors))
     if pending:
@@ -397,6 +398,7 @@ def load_gguf_quantized(
         _set_bias(modules, module_name, bias, dtype)
     assert embed_info is not None  # build_config requires token_embd.weight
     table = Int8Linear(int8_rows(f, embed_info), dtype, None)
+    f.release(embed_info)
     held += int(table.codes.numel()) + 2 * int(table.scales.numel())
     _replace(modules, "model.embed_tokens", Int8Embedding(table, dtype))
     if isinstance(model.lm_head, nn.Linear) and model.lm_head.weight.is_meta:
