@@ -18,8 +18,9 @@ as it ends, so a run cut short keeps what it measured):
 - ``hf_nf4``: transformers + bitsandbytes NF4 (double quant, bf16 compute): decode, memory.
 - ``hf_static``: transformers, ``cache_implementation="static"`` (auto torch.compile): decode.
 
-CPU (``--cpu``): the real SmolLM2-135M-Instruct GGUF, smolchat vs transformers, float32 and
-bf16 decode tok/s (and prefill).
+CPU (``--cpu``): the real SmolLM2-135M-Instruct GGUF dequantized (``exact=True``), smolchat vs
+transformers, float32 and bf16 decode tok/s (and prefill). The quantized CPU path (int4/int8)
+against llama.cpp and transformers: ``benchmarks/cpu_gguf.py``.
 
 Usage::
 
@@ -801,7 +802,7 @@ def run_cpu(res: Results, args) -> None:
     new = args.cpu_new
     for dtype in (torch.float32, torch.bfloat16):
         name = str(dtype).removeprefix("torch.")
-        engine = smolchat.load(str(gguf), device="cpu", dtype=dtype)
+        engine = smolchat.load(str(gguf), device="cpu", dtype=dtype, exact=True)  # dequantized
         model = transformers.AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=dtype
         ).eval()
@@ -837,7 +838,7 @@ def cpu_nf4(res: Results, gguf: Path, text: str, new: int) -> None:
     """NF4 on the real model: agreement with bf16 over 512 tokens, the France answer, speed."""
     import smolchat
 
-    bf16 = smolchat.load(str(gguf), device="cpu", dtype=torch.bfloat16)
+    bf16 = smolchat.load(str(gguf), device="cpu", dtype=torch.bfloat16, exact=True)
     ids = (bf16.tokenizer.encode(text * 8))[:PROMPT]
     ref = bf16.logits(ids)
     size = sum(p.numel() * p.element_size() for p in bf16.model.parameters())
