@@ -6,12 +6,14 @@ weight-only CPU kernels read (the ones gpt-fast and torchao use):
 - **int4, groups of 32** (``aten._weight_int4pack_mm_for_cpu``): Q4_0, Q4_1 and Q4_K map onto it
   exactly: each group of 32 weights is ``(q - 8) * scale + zero`` with 4-bit codes ``q``
   (Q4_0: ``zero = 0``; Q4_1: ``zero = m + 8 d``; Q4_K: the sub-block's scale and min). The
-  scales and zeros are stored in the compute dtype (bf16 rounds them to 8 bits of mantissa).
+  scales and zeros are stored in bf16 (8 bits of mantissa), the kernels' activation dtype.
 - **int8, one scale per output row** (``aten._weight_int8pack_mm``): Q8_0, Q5_0, Q5_1, Q5_K and
   Q6_K, requantized from their dequantized rows (a few rows at a time). At most 1.45x the
   file's bytes (Q5_K), usually less.
-- The token embedding is an int8 table with one scale per token (:class:`Int8Embedding`); a tied
-  head reads the same codes, so the largest matrix is held once.
+- The token embedding is an int8 table with one scale per group of 32 (:class:`GroupedTable`;
+  a Q8_0 table keeps its own codes). A tied head (:class:`Int8Head`) adds a per-row int8 copy
+  for the fast matmul and recomputes each row's best candidates exactly from the table (bf16
+  logits alone flip near-ties).
 - Q2_K and Q3_K have no kernel here: they are dequantized to the compute dtype, with a note.
 
 Memory: ``codes + scales`` only; no float copy of a matrix outlives its own repacking.
@@ -51,6 +53,10 @@ INT8_TYPES = frozenset({T.Q8_0, T.Q5_0, T.Q5_1, T.Q5_K, T.Q6_K})
 KEPT_TYPES = INT4_TYPES | INT8_TYPES
 ROWS_PER_CHUNK = 1024  # rows dequantized at a time when requantizing to int8
 _PACK_ROWS = 64  # the int4 CPU packing lays rows out in blocks of 64
+# The kernels' activation dtype, whatever the model's: both run 20-30x slower on float32
+# inputs (measured on the 2-core Xeon, torch 2.13: a 3072x576 matvec 117 us in bf16, 3.7 ms in
+# float32), so float32 models round their matmul inputs to bf16 and get float32 back.
+KERNEL_DTYPE = torch.bfloat16
 
 Progress = Callable[[str, int, "int | None"], None]
 
@@ -202,6 +208,51 @@ def from_gguf(f: GGUFFile, info: TensorInfo) -> QuantizedWeight:
     return int8_rows(f, info)
 
 
+@dataclass
+class GroupedTable:
+    """A token table (V, C) as int8 codes with one float32 scale per row and group of 32.
+
+    From a Q8_0 file these are the file's own codes and scales (exact); other types are
+    requantized per group of 32 (absmax / 127), far finer than one scale per row.
+    """
+
+    codes: torch.Tensor  # (V, C) int8
+    scales: torch.Tensor  # (V, C/32) float32
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Float32 rows ``ids`` (any shape) -> (*ids.shape, C)."""
+        q = self.codes[ids].float()
+        g = self.scales[ids]
+        return (q.unflatten(-1, (g.shape[-1], GROUP)) * g.unsqueeze(-1)).flatten(-2)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.codes.numel() + 4 * self.scales.numel())
+
+
+def grouped_table(f: GGUFFile, info: TensorInfo) -> GroupedTable:
+    """The token table of ``f`` as a :class:`GroupedTable`, ``ROWS_PER_CHUNK`` rows at a time."""
+    rows, cols = info.shape
+    raw = f.raw(info)
+    if T(info.ggml_type) == T.Q8_0:
+        blocks = np.asarray(raw).reshape(-1, GGML_QUANT_SIZES[T.Q8_0][1])  # 2 + 32 bytes
+        scales = blocks[:, :2].copy().view(np.float16).astype(np.float32).reshape(rows, -1)
+        codes = blocks[:, 2:].copy().view(np.int8).reshape(rows, cols)
+        return GroupedTable(torch.from_numpy(codes), torch.from_numpy(scales))
+    row_bytes = info.nbytes // rows
+    codes_t = torch.empty((rows, cols), dtype=torch.int8)
+    scales_t = torch.empty((rows, cols // GROUP), dtype=torch.float32)
+    for start in range(0, rows, ROWS_PER_CHUNK):
+        n = min(ROWS_PER_CHUNK, rows - start)
+        chunk = raw[start * row_bytes : (start + n) * row_bytes]
+        w = dequantize(chunk, info.ggml_type, (n, cols)).float().reshape(n, -1, GROUP)
+        scale = w.abs().amax(-1).clamp_min(1e-12) / 127.0
+        q = torch.round(w / scale[..., None]).clamp_(-127, 127).to(torch.int8)
+        codes_t[start : start + n] = q.reshape(n, cols)
+        scales_t[start : start + n] = scale
+    return GroupedTable(codes_t, scales_t)
+
+
 def int8_rows(f: GGUFFile, info: TensorInfo) -> QuantizedWeight:
     """Any tensor requantized to int8 per row, dequantizing ``ROWS_PER_CHUNK`` rows at a time."""
     rows, cols = info.shape
@@ -233,15 +284,14 @@ class Int4Linear(nn.Module):
         self.out_features, self.in_features = q.shape
         self.register_buffer("packed", _pack_int4(q.codes), persistent=False)
         sz = torch.stack([q.scales, q.zeros], dim=-1).transpose(0, 1).contiguous()
-        self.register_buffer("scales_zeros", sz.to(dtype), persistent=False)  # (K/32, N, 2)
+        sz = sz.to(KERNEL_DTYPE)
+        self.register_buffer("scales_zeros", sz, persistent=False)  # (K/32, N, 2)
         self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., N)
-        x2 = x.reshape(-1, self.in_features)
-        if x2.dtype != self.scales_zeros.dtype:
-            x2 = x2.to(self.scales_zeros.dtype)
+        x2 = x.reshape(-1, self.in_features).to(KERNEL_DTYPE)
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, GROUP, self.scales_zeros)
-        y = y.reshape(*x.shape[:-1], self.out_features)
+        y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         return y if self.bias is None else y + self.bias
 
 
@@ -257,21 +307,19 @@ class Int8Linear(nn.Module):
         assert q.kind == "int8"
         self.out_features, self.in_features = q.shape
         self.register_buffer("codes", q.codes.contiguous(), persistent=False)  # (N, K) int8
-        self.register_buffer("scales", q.scales.to(dtype), persistent=False)  # (N,)
+        self.register_buffer("scales", q.scales.to(KERNEL_DTYPE), persistent=False)  # (N,)
         self.register_buffer("scales_f32", q.scales.float(), persistent=False)
         self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., N)
-        x2 = x.reshape(-1, self.in_features)
-        if x2.dtype != self.scales.dtype:
-            x2 = x2.to(self.scales.dtype)
+        x2 = x.reshape(-1, self.in_features).to(KERNEL_DTYPE)
         y = torch.ops.aten._weight_int8pack_mm(x2, self.codes, self.scales)
-        y = y.reshape(*x.shape[:-1], self.out_features)
+        y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         return y if self.bias is None else y + self.bias
 
 
 class Int8Embedding(nn.Module):
-    """A token table (V, C) as int8 codes with one scale per token; rows out in ``dtype``.
+    """A token table (V, C) as int8 codes in groups of 32; rows come out in ``dtype``.
 
     ``weight`` is a 1-element tensor of the compute dtype on the table's device, so code that
     asks ``embed_tokens.weight`` for the device and dtype keeps working.
@@ -279,14 +327,38 @@ class Int8Embedding(nn.Module):
 
     weight: torch.Tensor
 
-    def __init__(self, table: Int8Linear, dtype: torch.dtype) -> None:
+    def __init__(self, table: GroupedTable, dtype: torch.dtype) -> None:
         super().__init__()
-        self.table = table  # shared with a tied head
+        self.table = table
         self.register_buffer("weight", torch.zeros(1, dtype=dtype), persistent=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, C)
-        rows = self.table.codes[ids].float() * self.table.scales_f32[ids].unsqueeze(-1)
-        return rows.to(self.weight.dtype)
+        return self.table.rows(ids).to(self.weight.dtype)
+
+
+class Int8Head(nn.Module):
+    """The head: logits (..., V) in float32 from an int8 per-row matmul, then the ``refine``
+    best candidates of each row recomputed exactly in float32 from the grouped table.
+
+    The bf16 kernel's logits carry ~3 significant digits (a logit of 20 is known to 0.125) and
+    the per-row int8 codes lose outliers; both flip near-ties. Recomputing the top candidates
+    (a (R, k, C) gather) costs ~1% of the matmul and makes greedy picks and the sampled
+    distribution's head as precise as the grouped table.
+    """
+
+    def __init__(self, fast: Int8Linear, table: GroupedTable, refine: int = 16) -> None:
+        super().__init__()
+        self.fast, self.table, self.refine = fast, table, refine
+        self.in_features, self.out_features = fast.in_features, fast.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., C) -> (..., V) float32
+        y = self.fast(x).float()
+        y2 = y.reshape(-1, self.out_features)
+        x2 = x.reshape(-1, self.in_features).float()
+        top = y2.topk(min(self.refine, self.out_features), dim=-1).indices  # (R, k)
+        exact = torch.einsum("rkc,rc->rk", self.table.rows(top), x2)
+        y2.scatter_(1, top, exact)
+        return y2.reshape(y.shape)
 
 
 def _pack_int4(codes: torch.Tensor) -> torch.Tensor:
@@ -397,12 +469,15 @@ def load_gguf_quantized(
     for module_name, bias in biases.items():
         _set_bias(modules, module_name, bias, dtype)
     assert embed_info is not None  # build_config requires token_embd.weight
-    table = Int8Linear(int8_rows(f, embed_info), dtype, None)
-    f.release(embed_info)
-    held += int(table.codes.numel()) + 2 * int(table.scales.numel())
+    table = grouped_table(f, embed_info)
+    held += table.nbytes
     _replace(modules, "model.embed_tokens", Int8Embedding(table, dtype))
     if isinstance(model.lm_head, nn.Linear) and model.lm_head.weight.is_meta:
-        _replace(modules, "lm_head", table)  # tied (or no output.weight): one table
+        # tied (or no output.weight): a per-row int8 copy for the matmul, refined from the table
+        fast = Int8Linear(int8_rows(f, embed_info), dtype, None)
+        held += int(fast.codes.numel()) + 6 * int(fast.scales.numel())
+        _replace(modules, "lm_head", Int8Head(fast, table))
+    f.release(embed_info)
     for tname in sorted(slow_types):
         note = (
             f"note: {f.path.name} stores some matrices as {tname}, which smolchat cannot keep "
