@@ -71,6 +71,11 @@ def load(
         dtype = torch.bfloat16  # NF4 computes in bf16 (the norms and embeddings stay bf16)
     if exact and dtype == "auto":
         dtype = torch.float32
+    keep_quantized = source.kind == "gguf" and keeps_gguf_quantized(dev, dtype, quantize, exact)
+    if keep_quantized and dtype == "auto":
+        # the int4/int8 kernels take bf16 inputs whatever the model dtype; float32 everywhere
+        # else measured as fast and agrees better with the exact path (98.8% vs 98.4% top-1)
+        dtype = torch.float32
     dt = pick_dtype(dtype, dev)
     hook = None
     if quantize == "nf4":
@@ -103,7 +108,7 @@ def load(
             tensors = dequantize_checkpoint(tensors, dev, dt)
     net = build_on_meta(cfg)
     with _out_of_memory_is_one_line(source.name, dev, dt):
-        if source.kind == "gguf" and keeps_gguf_quantized(dev, dtype, quantize, exact):
+        if keep_quantized:
             from smolchat.model.qcpu import load_gguf_quantized
 
             quantize = load_gguf_quantized(net, source.path, dt, progress).label

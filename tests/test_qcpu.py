@@ -262,7 +262,10 @@ TEXT = (
 
 @pytest.fixture(scope="module")
 def real_fast(smollm2_gguf: Path):
-    return smolchat.load(str(smollm2_gguf), device="cpu", dtype="bfloat16")
+    engine = smolchat.load(str(smollm2_gguf), device="cpu")
+    # auto on a quantized GGUF: float32 activations, the int4/int8 kernels in bf16
+    assert engine.dtype == torch.float32 and engine.quantize == "int4 (GGUF Q4_1)"
+    return engine
 
 
 def test_real_weights_stay_small(real_fast, smollm2_gguf: Path) -> None:
