@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from smolchat.backend.types import (
-    MIN_REPLY_ROOM,
     BackendEvent,
     Conversation,
     EventStream,
@@ -28,6 +27,7 @@ from smolchat.backend.types import (
     GenerationStats,
     StreamLock,
     error_line,
+    plan_reply,
 )
 from smolchat.chat.reasoning import ReasoningParser
 from smolchat.chat.template import pinned_time
@@ -37,7 +37,7 @@ from smolchat.chat.thinking import (
     history_for_template,
     prompt_opens_reasoning,
 )
-from smolchat.errors import ContextOverflowError, SmolchatError
+from smolchat.errors import SmolchatError
 
 __all__ = ["ALIGN_WINDOW", "LocalBackend", "align_to_seen"]
 
@@ -227,47 +227,16 @@ class LocalBackend:
         return self._control_ids
 
     # --- planning -------------------------------------------------------------------------
-    def _fits(self, conversation: Conversation, max_new: int) -> tuple[list[int], int] | int:
-        """(ids, reply budget) if the turn fits, else the prompt length."""
-        ids = self.render_ids(conversation)
-        room = self.context_limit - len(ids)
-        if room < min(MIN_REPLY_ROOM, max_new):
-            return len(ids)
-        return ids, min(max_new, room)
-
     def plan(self, request: GenerationRequest) -> tuple[list[int], int]:
         """Prompt ids and reply budget; ContextOverflowError (with ``.drop``) if it can't fit."""
-        conversation, max_new = request.conversation, request.max_new_tokens
-        fit = self._fits(conversation, max_new)
-        if not isinstance(fit, int):
-            return fit
-        prompt_len = fit
-        need = min(MIN_REPLY_ROOM, max_new)
-        droppable = len(conversation.exchange_starts()) - 1  # the exchange answered stays
-        # the fewest oldest exchanges to drop (binary search: fitting is monotonic in practice)
-        lo, hi, best = 1, droppable, None
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            if isinstance(self._fits(conversation.without_oldest(mid), max_new), int):
-                lo = mid + 1
-            else:
-                best, hi = mid, mid - 1
-        head = (
-            f"this turn needs {prompt_len} prompt tokens plus {need} for the reply, "
-            f"but the context holds {self.context_limit}"
-        )
-        if best is not None:
-            plural = "s" if best > 1 else ""
-            raise ContextOverflowError(
-                f"{head}: drop the {best} oldest exchange{plural} with /drop {best} "
-                "(the system prompt stays) or start over with /clear",
-                drop=best,
-            )
-        raise ContextOverflowError(
-            f"{head}, even with all earlier turns dropped: shorten the message"
-            + (" or the system prompt (/system)" if conversation.system_prompt else "")
-            + " or lower max_new_tokens (/set max_new_tokens N)"
-        )
+        conversation = request.conversation
+        ids = self.render_ids(conversation)
+
+        def prompt_tokens(c: Conversation) -> int:
+            return len(ids) if c is conversation else len(self.render_ids(c))
+
+        budget = plan_reply(conversation, request.max_new_tokens, self.context_limit, prompt_tokens)
+        return ids, budget
 
     # --- generation -----------------------------------------------------------------------
     def open(self, request: GenerationRequest) -> EventStream:

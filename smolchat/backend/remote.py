@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from smolchat.backend.types import (
-    MIN_REPLY_ROOM,
     AnswerDelta,
     BackendEvent,
     Conversation,
@@ -43,10 +42,11 @@ from smolchat.backend.types import (
     GenerationStats,
     ReasoningDelta,
     StreamLock,
+    plan_reply,
 )
 from smolchat.chat.reasoning import ReasoningParser
 from smolchat.chat.thinking import history_for_template
-from smolchat.errors import ContextOverflowError, SmolchatError
+from smolchat.errors import SmolchatError
 
 if TYPE_CHECKING:
     import openai
@@ -269,39 +269,11 @@ class RemoteBackend:
         max_new = request.max_new_tokens
         if self.tokenizer is None or not self._context_known:
             return max_new
-        conversation = request.conversation
-        limit = self.context_limit
-        need = min(MIN_REPLY_ROOM, max_new)
-
-        def prompt(c: Conversation) -> int:
-            return self.count_tokens(c, add_generation_prompt=True)
-
-        used = prompt(conversation)
-        if limit - used >= need:
-            return min(max_new, limit - used)
-        droppable = len(conversation.exchange_starts()) - 1
-        best = next(
-            (
-                n
-                for n in range(1, droppable + 1)
-                if limit - prompt(conversation.without_oldest(n)) >= need
-            ),
-            None,
-        )
-        head = (
-            f"this turn needs {used} prompt tokens plus {need} for the reply, "
-            f"but the context holds {limit}"
-        )
-        if best is not None:
-            plural = "s" if best > 1 else ""
-            raise ContextOverflowError(
-                f"{head}: drop the {best} oldest exchange{plural} with /drop {best} "
-                "(the system prompt stays) or start over with /clear",
-                drop=best,
-            )
-        raise ContextOverflowError(
-            f"{head}, even with all earlier turns dropped: shorten the message or lower "
-            "max_new_tokens (/set max_new_tokens N)"
+        return plan_reply(
+            request.conversation,
+            max_new,
+            self.context_limit,
+            lambda c: self.count_tokens(c, add_generation_prompt=True),
         )
 
     # --- generation -----------------------------------------------------------------------

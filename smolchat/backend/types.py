@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from smolchat.engine.types import FinishReason, GenerationStats, SamplingParams
-from smolchat.errors import SmolchatError
+from smolchat.errors import ContextOverflowError, SmolchatError
 
 __all__ = [
     "FINISH_REASONS",
@@ -50,6 +50,7 @@ __all__ = [
     "Role",
     "SamplingParams",
     "error_line",
+    "plan_reply",
 ]
 
 FINISH_REASONS: tuple[FinishReason, ...] = ("stop", "length", "context", "cancelled", "error")
@@ -180,6 +181,49 @@ class Finished:
 
 
 BackendEvent = ReasoningDelta | AnswerDelta | Finished
+
+
+def plan_reply(
+    conversation: Conversation,
+    max_new_tokens: int,
+    context_limit: int,
+    prompt_tokens: Callable[[Conversation], int],
+) -> int:
+    """The reply budget (tokens) for ``conversation`` in a context of ``context_limit``.
+
+    ``prompt_tokens(c)``: tokens ``c`` takes rendered with the generation prompt. A turn fits
+    when ``min(MIN_REPLY_ROOM, max_new_tokens)`` reply tokens fit after its prompt; otherwise
+    raises :class:`~smolchat.errors.ContextOverflowError` whose ``.drop`` is the fewest oldest
+    exchanges to drop (binary search: fitting is monotonic in practice), or None.
+    """
+    need = min(MIN_REPLY_ROOM, max_new_tokens)
+    prompt_len = prompt_tokens(conversation)
+    if context_limit - prompt_len >= need:
+        return min(max_new_tokens, context_limit - prompt_len)
+    droppable = len(conversation.exchange_starts()) - 1  # the exchange answered stays
+    lo, hi, best = 1, droppable, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if context_limit - prompt_tokens(conversation.without_oldest(mid)) < need:
+            lo = mid + 1
+        else:
+            best, hi = mid, mid - 1
+    head = (
+        f"this turn needs {prompt_len} prompt tokens plus {need} for the reply, "
+        f"but the context holds {context_limit}"
+    )
+    if best is not None:
+        plural = "s" if best > 1 else ""
+        raise ContextOverflowError(
+            f"{head}: drop the {best} oldest exchange{plural} with /drop {best} "
+            "(the system prompt stays) or start over with /clear",
+            drop=best,
+        )
+    raise ContextOverflowError(
+        f"{head}, even with all earlier turns dropped: shorten the message"
+        + (" or the system prompt (/system)" if conversation.system_prompt else "")
+        + " or lower max_new_tokens (/set max_new_tokens N)"
+    )
 
 
 class BackendBusyError(SmolchatError):
