@@ -466,8 +466,12 @@ class RemoteBackend:
                 )
             else:
                 line = f"the server at {where} refused the request ({code}{detail})"
-        elif isinstance(exc, openai.APIError):
-            line = f"the server at {where} sent something that is not an OpenAI reply{kept}"
+        elif isinstance(exc, openai.APIError):  # an error event inside the stream
+            detail = " ".join(str(getattr(exc, "message", "") or "").split())[:200]
+            if detail:
+                line = f"the server at {where} failed mid-reply: {detail}{kept}"
+            else:
+                line = f"the server at {where} sent something that is not an OpenAI reply{kept}"
         elif isinstance(exc, SmolchatError):
             line = str(exc)
         else:

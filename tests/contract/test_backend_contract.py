@@ -208,11 +208,39 @@ def remote_transformers_serve(request) -> Subject:
     return Subject(backend, False, "What is the capital of France?", **_remote_hooks(backend))
 
 
+@pytest.fixture(scope="module")
+def smolchat_serve(tiny_engine):
+    """``smolchat serve``'s app (real uvicorn, 127.0.0.1) over the tiny model, in this process:
+    the engine hooks (never stop, fail) reach the server's engine."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    from smolchat.serve.app import ServeOptions
+    from smolchat.serve.server import start_in_thread
+
+    running = start_in_thread(LocalBackend(tiny_engine), ServeOptions(model_id="tiny-smollm3"))
+    yield running
+    running.stop()
+
+
+def remote_smolchat_serve(request) -> Subject:
+    """RemoteBackend against smolchat's own server (the tiny model's tokenizer for counts)."""
+    from smolchat.backend.remote import RemoteBackend
+
+    engine = request.getfixturevalue("tiny_engine")
+    engine.reset_cache()
+    server = request.getfixturevalue("smolchat_serve")
+    backend = RemoteBackend(server.url, tokenizer=str(request.getfixturevalue("tiny_model")))
+    hooks = _engine_hooks(engine)
+    hooks.update(_remote_hooks(backend))
+    return Subject(backend, True, None, **hooks)
+
+
 FACTORIES = [
     pytest.param(local_tiny, id="local-tiny"),
     pytest.param(local_gguf, id="local-smollm2-gguf", marks=pytest.mark.slow),
     pytest.param(fake_engine, id="fake-engine"),
     pytest.param(remote_scripted, id="remote-scripted-server"),
+    pytest.param(remote_smolchat_serve, id="remote-smolchat-serve"),
     pytest.param(remote_transformers_serve, id="remote-transformers-serve", marks=pytest.mark.slow),
 ]
 

@@ -126,6 +126,7 @@ class Script:
     delay_s: float = 0.0
     forever: bool = False
     prompt_tokens: int = 20
+    error_event: str | None = None  # after the words: an SSE error event (as vLLM sends one)
 
 
 class ScriptedServer:
@@ -251,6 +252,11 @@ class ScriptedServer:
                         i += 1
                         if s.delay_s:
                             time.sleep(s.delay_s)
+                    if s.error_event is not None:
+                        error = {"error": {"message": s.error_event, "type": "server_error"}}
+                        self.wfile.write(f"data: {json.dumps(error)}\n\n".encode())
+                        self.wfile.flush()
+                        return
                     prompt = s.prompt_tokens
                     if server.prompt_count is not None:
                         prompt = server.prompt_count(request)

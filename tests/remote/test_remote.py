@@ -176,6 +176,14 @@ def test_a_stream_cut_mid_reply_keeps_the_partial(scripted) -> None:
     assert end.answer == "The capital is "
 
 
+def test_an_error_event_mid_stream_is_the_servers_message(scripted) -> None:
+    backend = RemoteBackend(scripted.url)
+    scripted.script = Script(words=["Par"], error_event="the GPU fell over")
+    end = list(backend.open(ask()))[-1]
+    assert end.finish_reason == "error" and end.answer == "Par"
+    assert "failed mid-reply: the GPU fell over (the partial reply is kept" in (end.error or "")
+
+
 def test_timeout(scripted) -> None:
     backend = RemoteBackend(scripted.url, timeout_s=0.3)
     scripted.script = Script(words=["a", "b"], delay_s=1.0)
