@@ -196,7 +196,7 @@ def test_plain_mode_ctrl_c_stops_the_reply_then_quits() -> None:
                 time.sleep(30)  # Ctrl+C (SIGINT) lands here: the REPL quits
         code = PlainChat(session, Console(force_terminal=False, width=200)).run(read)
         last = session.messages[-1]
-        print("RESULT", code, last["finish_reason"], len(last["content"].split()), flush=True)
+        print("RESULT", code, last.finish_reason, len(last.content.split()), flush=True)
         """
     )
     proc = subprocess.Popen(

@@ -42,7 +42,7 @@ def session(engine, tmp_path: Path) -> ChatSession:
 
 
 def state(session: ChatSession):
-    return (session.settings.to_dict(), session.system_prompt, [dict(m) for m in session.messages])
+    return (session.settings.to_dict(), session.system_prompt, list(session.messages))
 
 
 def chat(session: ChatSession, text: str = "Hello! What is the capital of France?") -> None:
@@ -277,7 +277,7 @@ def test_undo_clear_and_drop(session) -> None:
         refused(session, line, match)
     result = run_command(session, "/drop")
     assert result.effect == HistoryChanged() and "Dropped the 1 oldest exchange;" in result.message
-    assert session.messages[0]["content"] == "Hello two"
+    assert session.messages[0].content == "Hello two"
     assert "2 oldest exchanges" in run_command(session, "/drop 2").message
     assert session.messages == []
     chat(session)

@@ -60,7 +60,7 @@ def test_session_reports_context_and_length_with_advice(engine, monkeypatch, tmp
     end = last(session.send("Hi"))
     assert end.finish_reason == "context"
     assert end.stats.prompt_tokens + end.stats.generated_tokens == used + 300
-    assert session.messages[-1]["finish_reason"] == "context"
+    assert session.messages[-1].finish_reason == "context"
     stats = run_command(session, "/stats").message
     assert "context window is full" in stats and "/drop N" in stats
     saved = read_transcript(session.transcript_path)

@@ -158,4 +158,4 @@ def test_a_session_records_a_lone_close_as_reasoning_and_answer(tmp_path):
     again = ChatSession(FakeEngine())
     again.load(session.transcript_path)
     reply = again.messages[-1]
-    assert (reply["reasoning"], reply["content"]) == ("The user greets me.", "Hello there!")
+    assert (reply.reasoning, reply.content) == ("The user greets me.", "Hello there!")

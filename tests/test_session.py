@@ -23,6 +23,7 @@ from smolchat.chat.session import MIN_REPLY_ROOM, ChatSession
 from smolchat.chat.settings import ChatSettings, sampling_from_defaults
 from smolchat.chat.tokenizer import Tokenizer
 from smolchat.chat.transcript import TranscriptStore, read_transcript
+from smolchat.chat.turns import UserTurn
 from smolchat.engine.types import GenerationEvent, GenerationStats, SamplingParams
 from smolchat.errors import CommandError, ContextOverflowError, SmolchatError, TranscriptError
 
@@ -97,7 +98,7 @@ def test_turn_five_prefills_only_its_new_tokens(engine, spy) -> None:
     new = ids[len(cache_before) :]
     frame = f"<|im_end|>\n<|im_start|>user\n{QUESTIONS[4]}<|im_end|>\n<|im_start|>assistant\n"
     assert tok.decode(new).endswith(frame)
-    unfed = 1 if session.messages[-3]["finish_reason"] == "length" else 0
+    unfed = 1 if session.messages[-3].finish_reason == "length" else 0
     assert len(new) == len(tok.encode(frame)) + unfed
     assert stats.prompt_tokens > 5 * stats.prefilled_tokens
     # the earlier replies are rendered with the very tokens the model produced
@@ -115,8 +116,8 @@ def test_retry_regenerates_from_the_cache(engine, spy) -> None:
     assert stats.cached_tokens == len(prompt) - 1  # only the last position is recomputed
     assert stats.prefilled_tokens == 1
     assert again.answer == first.answer  # greedy: the same reply
-    assert [m["role"] for m in session.messages] == ["user", "assistant"] * 2
-    assert session.messages[-1]["content"] == again.answer
+    assert [m.role for m in session.messages] == ["user", "assistant"] * 2
+    assert session.messages[-1].content == again.answer
 
 
 def test_undo_then_send_reuses_the_prefix(engine, spy) -> None:
@@ -131,7 +132,7 @@ def test_undo_then_send_reuses_the_prefix(engine, spy) -> None:
     finished(session.send(QUESTIONS[3]))
     stats = engine.last_stats
     # the cache still covers turn 2's prompt and reply; only the new question is prefilled
-    reply_tokens = kept_reply["stats"]["generated_tokens"]
+    reply_tokens = kept_reply.stats.generated_tokens
     assert stats.cached_tokens >= len(kept_prompt) + reply_tokens - 1
     assert stats.prefilled_tokens <= len(engine.tokenizer.encode(QUESTIONS[3])) + 12
 
@@ -216,8 +217,8 @@ def test_reasoning_and_answer_are_streamed_apart(tokenizer) -> None:
     end = events[-1]
     assert (end.reasoning, end.answer, end.finish_reason) == (reasoning, answer, "stop")
     reply = session.messages[-1]
-    assert reply["content"] == answer and reply["reasoning"] == reasoning
-    assert reply["finish_reason"] == "stop" and reply["stats"]["generated_tokens"] > 5
+    assert reply.content == answer and reply.reasoning == reasoning
+    assert reply.finish_reason == "stop" and reply.stats.generated_tokens > 5
 
 
 @pytest.mark.parametrize("think", [True, False])
@@ -231,7 +232,7 @@ def test_next_prompt_holds_the_exact_reply_tokens(tokenizer, think) -> None:
     eng.replies += [head + odd + [eos], tokenizer.encode("ok") + [eos]]
     session = ChatSession(eng, settings=ChatSettings(thinking=think))
     finished(session.send("hi"))
-    assert session.messages[-1]["content"] == words
+    assert session.messages[-1].content == words
     finished(session.send("again"))
     first, second = eng.calls
     reply = head + odd
@@ -248,9 +249,9 @@ def test_a_per_turn_flag_sets_the_mode_of_that_turn_only(tokenizer) -> None:
     finished(session.send("Capital of France? /no_think"))
     assert tokenizer.decode(eng.calls[0]).endswith("<|im_start|>assistant\n<think>\n\n</think>\n")
     assert "Reasoning Mode: /no_think" in tokenizer.decode(eng.calls[0])
-    assert session.messages[0]["content"] == "Capital of France?"
-    assert session.messages[0]["thinking"] is False
-    assert session.messages[1]["thinking"] is False
+    assert session.messages[0].content == "Capital of France?"
+    assert session.messages[0].thinking is False
+    assert session.messages[1].thinking is False
     assert session.settings.thinking is True
     finished(session.send("And Italy?"))
     assert tokenizer.decode(eng.calls[1]).endswith("<|im_start|>assistant\n")
@@ -291,7 +292,7 @@ def test_cancel_from_another_thread_keeps_the_partial_reply(engine, tmp_path) ->
     assert isinstance(end, TurnFinished) and end.finish_reason == "cancelled"
     assert end.stats.generated_tokens < 100
     reply = session.messages[-1]
-    assert reply["finish_reason"] == "cancelled" and reply["content"] == end.answer
+    assert reply.finish_reason == "cancelled" and reply.content == end.answer
     assert not session.busy
     saved = read_transcript(session.transcript_path)  # the partial reply was autosaved
     assert saved.messages[-1]["finish_reason"] == "cancelled"
@@ -306,12 +307,12 @@ def test_cancel_before_the_first_token_and_abandoned_streams(engine) -> None:
     session.cancel()
     end = finished(stream)
     assert end.finish_reason == "cancelled" and end.answer == ""
-    assert [m["role"] for m in session.messages] == ["user", "assistant"]
+    assert [m.role for m in session.messages] == ["user", "assistant"]
     session.settings.max_new_tokens = 500
     stream = session.send(QUESTIONS[1])
     next(stream), next(stream)
     stream.close()  # the UI went away mid-reply
-    assert session.messages[-1]["finish_reason"] == "cancelled"
+    assert session.messages[-1].finish_reason == "cancelled"
     assert not session.busy
     session.settings.max_new_tokens = 8
     finished(session.send(QUESTIONS[2]))
@@ -335,12 +336,12 @@ def test_a_failing_generate_ends_the_turn_and_leaves_the_chat_usable(
     end = finished(session.send(QUESTIONS[1]))
     assert end.finish_reason == "error"
     assert "out of memory" in end.error and "\n" not in end.error
-    assert session.messages[-1]["finish_reason"] == "error"
-    assert session.messages[-1]["error"] == end.error
+    assert session.messages[-1].finish_reason == "error"
+    assert session.messages[-1].error == end.error
     assert not session.busy and engine.cached_ids == []  # the cache was reset, to be safe
     monkeypatch.setattr(engine, "generate", real)
     finished(session.retry())  # retry regenerates the failed reply
-    assert session.messages[-1]["finish_reason"] in ("stop", "length")
+    assert session.messages[-1].finish_reason in ("stop", "length")
     assert len(session.messages) == 4
 
 
@@ -366,13 +367,13 @@ def test_context_overflow_is_refused_and_drop_oldest_fixes_it(engine, monkeypatc
         finished(session.send(q))
     used = session.context_used()
     assert used == len(rendered(session, session.messages, add_generation_prompt=False))
-    ask = {"role": "user", "content": QUESTIONS[3]}
+    ask = UserTurn(QUESTIONS[3])
     full = len(rendered(session, [*session.messages, ask]))
     after_drop = len(rendered(session, [*session.messages[2:], ask]))
     limit = after_drop + session.settings.max_new_tokens  # fits only without the oldest turn
     assert full + session.settings.max_new_tokens > limit
     monkeypatch.setattr(engine, "context_length", limit)
-    before = [dict(m) for m in session.messages]
+    before = list(session.messages)
     with pytest.raises(ContextOverflowError) as info:
         session.send(QUESTIONS[3])
     message = str(info.value)
@@ -383,7 +384,7 @@ def test_context_overflow_is_refused_and_drop_oldest_fixes_it(engine, monkeypatc
     end = finished(session.send(QUESTIONS[3]))
     assert end.finish_reason in ("stop", "length")
     assert "You are terse." in engine.tokenizer.decode(spy[-1][0])  # the system prompt stayed
-    assert [m["content"] for m in session.messages if m["role"] == "user"] == QUESTIONS[1:4]
+    assert [m.content for m in session.messages if m.role == "user"] == QUESTIONS[1:4]
 
 
 def test_reply_budget_is_clamped_to_the_room_left(engine, monkeypatch, spy) -> None:
@@ -511,7 +512,7 @@ def test_sigkill_mid_reply_leaves_the_completed_turns_saved(tiny_model, tmp_path
     latest = TranscriptStore(tmp_path).latest()
     assert latest is not None
     data = read_transcript(latest)
-    assert [m["role"] for m in data.messages] == ["user", "assistant"]
+    assert [m.role for m in data.messages] == ["user", "assistant"]
     assert data.messages[1]["finish_reason"] in ("stop", "length")
 
 
@@ -528,7 +529,7 @@ def test_history_edits(engine) -> None:
     with pytest.raises(CommandError, match="1 or more"):
         session.drop_oldest(0)
     assert session.drop_oldest(2) == 2
-    assert [m["content"] for m in session.messages if m["role"] == "user"] == [QUESTIONS[2]]
+    assert [m.content for m in session.messages if m.role == "user"] == [QUESTIONS[2]]
     session.set_system("   ")
     assert session.system_prompt is None
     session.clear()
@@ -558,9 +559,9 @@ def test_send_replacing_an_exchange_and_retry_from_one(engine, spy) -> None:
     assert len(session.messages) == 6
     # an edit of exchange 1: nothing changes until the new reply is recorded
     stream = session.send("two, edited", replace=1)
-    assert [m["content"] for m in session.messages[::2]] == ["one", "two", "three"]
+    assert [m.content for m in session.messages[::2]] == ["one", "two", "three"]
     finished(stream)
-    assert [m["content"] for m in session.messages if m["role"] == "user"] == [
+    assert [m.content for m in session.messages if m.role == "user"] == [
         "one",
         "two, edited",
     ]
@@ -570,8 +571,8 @@ def test_send_replacing_an_exchange_and_retry_from_one(engine, spy) -> None:
     # retry of exchange 0: its reply is generated again, the rest goes
     old_reply = session.messages[1]
     finished(session.retry(0))
-    assert [m["role"] for m in session.messages] == ["user", "assistant"]
-    assert session.messages[0]["content"] == "one" and session.messages[1] is not old_reply
+    assert [m.role for m in session.messages] == ["user", "assistant"]
+    assert session.messages[0].content == "one" and session.messages[1] is not old_reply
     with pytest.raises(CommandError, match="no exchange 5: the conversation has 1"):
         session.send("x", replace=5)
     with pytest.raises(CommandError, match="no exchange -1"):

@@ -63,6 +63,7 @@ from smolchat.chat.settings import (
     suggest,
 )
 from smolchat.chat.text import valid_text
+from smolchat.chat.turns import Reply
 from smolchat.errors import CommandError, SmolchatError
 
 __all__ = [
@@ -530,11 +531,7 @@ def _fmt_stats(session: ChatSession) -> str:
             f"{st.prefilled_tokens} prefilled at {st.prefill_tok_s:.0f} tok/s; "
             f"first token after {st.ttft_s:.2f} s"
         )
-    generated = sum(
-        int((m.get("stats") or {}).get("generated_tokens") or 0)
-        for m in session.messages
-        if m.get("role") == "assistant"
-    )
+    generated = sum(m.generated_tokens for m in session.messages if isinstance(m, Reply))
     lines.append(f"- generated this conversation: {generated} tokens")
     if session.transcript_path is not None:
         lines.append(f"- transcript: {session.transcript_path}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from smolchat.backend.types import GenerationStats
+from smolchat.backend.types import FINISH_REASONS, GenerationStats
 
 __all__ = ["context_use", "finish_note", "reply_line", "stats_from_record"]
 
@@ -31,15 +31,31 @@ def context_use(used: int, limit: int) -> str:
     return f"{used:,}/{limit:,}"
 
 
+_COUNTS = ("prompt_tokens", "cached_tokens", "prefilled_tokens", "generated_tokens")
+_SECONDS = ("ttft_s", "decode_s")
+
+
 def stats_from_record(stats: GenerationStats | Mapping[str, Any] | None) -> GenerationStats | None:
-    """Stats as stored in a transcript (a dict) or live, as GenerationStats (unknown keys go)."""
+    """Stats as stored in a transcript (a dict) or live, as GenerationStats.
+
+    Unknown keys and values of the wrong type (an edited file) are left out: those figures
+    read as 0.
+    """
     if stats is None or isinstance(stats, GenerationStats):
         return stats
-    known = GenerationStats.__dataclass_fields__
-    try:
-        return GenerationStats(**{k: v for k, v in stats.items() if k in known})
-    except TypeError:
-        return None
+    out = GenerationStats()
+    for key in _COUNTS:
+        value = stats.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            setattr(out, key, value)
+    for key in _SECONDS:
+        value = stats.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            setattr(out, key, float(value))
+    finish = stats.get("finish_reason")
+    if finish in FINISH_REASONS:
+        out.finish_reason = finish
+    return out
 
 
 def reply_line(

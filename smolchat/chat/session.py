@@ -9,10 +9,8 @@ rendered exactly as before.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +44,7 @@ from smolchat.chat.transcript import (
     user_path,
     write_transcript,
 )
+from smolchat.chat.turns import Reply, Turn, UserTurn, from_record, to_record
 from smolchat.errors import CommandError, SmolchatError, TemplateError, TranscriptError
 
 __all__ = ["MIN_REPLY_ROOM", "ChatSession", "ChatSettings", "error_line"]
@@ -81,7 +80,7 @@ class ChatSession:
         self.settings = settings
         self.system_prompt: str | None = _normalize_system(system_prompt)
         self.store = store
-        self.messages: list[dict[str, Any]] = []
+        self.messages: list[Turn] = []
         self.last_stats: GenerationStats | None = None
         self.busy = False
         self.extra: dict[str, Any] = {}  # other transcript data kept across load/save (title)
@@ -93,24 +92,19 @@ class ChatSession:
         self._cancel = CancelToken()
         self._end_thinking = CancelToken()
         self._state = threading.Lock()
-        self._used_cache: tuple[Any, int] | None = None
+        self._used_cache: tuple[tuple[str | None, bool, tuple[Turn, ...]], int] | None = None
 
     # --- the conversation as the backend sees it ------------------------------------------
-    def conversation(self, history: list[dict[str, Any]], thinking: bool) -> Conversation:
+    def conversation(self, history: Sequence[Turn], thinking: bool) -> Conversation:
         """``history`` as a typed Conversation (failed empty replies left out)."""
         out: list[ChatMessage] = []
         for m in history:
-            role = m.get("role")
-            if role == "user":
-                out.append(ChatMessage("user", str(m.get("content") or "")))
-            elif role == "assistant":
-                failed = m.get("finish_reason") == "error"
-                if failed and not m.get("content") and not m.get("reasoning"):
-                    continue  # a failed turn with nothing to show: not part of the dialogue
-                reasoning = m.get("reasoning")
-                if m.get("reasoning_block") is False or not isinstance(reasoning, str):
-                    reasoning = None  # the reply had no <think> block: don't add one
-                out.append(ChatMessage("assistant", str(m.get("content") or ""), reasoning))
+            if isinstance(m, UserTurn):
+                out.append(ChatMessage("user", m.content))
+            elif not m.failed_empty:  # a failed turn with nothing to show is not dialogue
+                # a reply that had no <think> block gets none back
+                reasoning = None if m.reasoning_block is False else m.reasoning
+                out.append(ChatMessage("assistant", m.content, reasoning))
         return Conversation(tuple(out), self.system_prompt, thinking, self._date_pin)
 
     def _effective_thinking(self, thinking: bool) -> bool:
@@ -127,7 +121,7 @@ class ChatSession:
         key = (
             self.system_prompt,
             self.settings.thinking,
-            tuple((m.get("role"), m.get("content"), m.get("reasoning")) for m in self.messages),
+            tuple(self.messages),
         )
         if self._used_cache is not None and self._used_cache[0] == key:
             return self._used_cache[1]
@@ -142,15 +136,15 @@ class ChatSession:
         self._used_cache = (key, used)
         return used
 
-    def _exchange_starts(self, history: list[dict[str, Any]]) -> list[int]:
-        return [i for i, m in enumerate(history) if m.get("role") == "user"]
+    def _exchange_starts(self, history: Sequence[Turn]) -> list[int]:
+        return [i for i, m in enumerate(history) if isinstance(m, UserTurn)]
 
     # --- turns -------------------------------------------------------------------------
     def _require_idle(self) -> None:
         if self.busy:
             raise SmolchatError("a reply is being generated: wait for it or cancel it first")
 
-    def _open(self, history: list[dict[str, Any]], thinking: bool) -> ReplyStream:
+    def _open(self, history: Sequence[Turn], thinking: bool) -> ReplyStream:
         """Plan the turn with the backend (ContextOverflowError now if it cannot fit)."""
         self._cancel = CancelToken()
         self._end_thinking = CancelToken()
@@ -179,11 +173,9 @@ class ChatSession:
         clean, thinking = resolve_thinking(text, self.settings.thinking)
         if not clean.strip():
             raise SmolchatError("the message is empty: type something to send")
-        user: dict[str, Any] = {"role": "user", "content": clean}
-        if clean.strip() != text.strip():  # a /think or /no_think suffix: this turn only
-            user["thinking"] = thinking
-        user["time"] = _now().isoformat(timespec="seconds")
-        history = [*before, user]
+        flagged = clean.strip() != text.strip()  # a /think or /no_think suffix: this turn only
+        user = UserTurn(clean, thinking if flagged else None, _now().isoformat(timespec="seconds"))
+        history: list[Turn] = [*before, user]
         stream = self._open(history, thinking)
         return self._turn(history, stream, thinking, self._version, replaces=None)
 
@@ -199,16 +191,14 @@ class ChatSession:
             raise CommandError("nothing to retry: the conversation is empty")
         if exchange is not None:
             history = self.messages[: self._start_of(exchange) + 1]
-        elif self.messages[-1].get("role") == "assistant":
+        elif isinstance(self.messages[-1], Reply):
             history = self.messages[:-1]
         else:
             history = list(self.messages)
-        if not history or history[-1].get("role") != "user":
+        user = history[-1] if history else None
+        if not isinstance(user, UserTurn):
             raise CommandError("nothing to retry: the last message is not a reply to a user turn")
-        user = history[-1]
-        thinking = user.get("thinking")
-        if not isinstance(thinking, bool):
-            thinking = self.settings.thinking
+        thinking = user.thinking if user.thinking is not None else self.settings.thinking
         stream = self._open(history, thinking)
         following = self.messages[len(history) :]
         previous = following[0] if following else None
@@ -216,11 +206,11 @@ class ChatSession:
 
     def _turn(
         self,
-        history: list[dict[str, Any]],
+        history: list[Turn],
         stream: ReplyStream,
         thinking: bool,
         version: int,
-        replaces: dict[str, Any] | None,
+        replaces: Turn | None,
     ) -> Iterator[ChatEvent]:
         """Stream one reply to ``history`` (ending in a user message), then record it.
 
@@ -253,18 +243,16 @@ class ChatSession:
             if end is not None and end.reasoning is not None:
                 thought = end.reasoning
             block = end.reasoning_block if end is not None else bool(thought)
-            reply: dict[str, Any] = {
-                "role": "assistant",
-                "content": text,
-                "reasoning": thought,
-                "thinking": self._effective_thinking(thinking),
-                "reasoning_block": block,
-                "finish_reason": finish,
-                "stats": dataclasses.asdict(stats),
-                "time": _now().isoformat(timespec="seconds"),
-            }
-            if error is not None:
-                reply["error"] = error
+            reply = Reply(
+                text,
+                reasoning=thought,
+                thinking=self._effective_thinking(thinking),
+                reasoning_block=block,
+                finish_reason=finish,
+                stats=stats,
+                time=_now().isoformat(timespec="seconds"),
+                error=error,
+            )
             if finish == "error" and replaces is not None:
                 pass  # a failed /retry keeps the reply it was to replace
             else:
@@ -345,7 +333,7 @@ class ChatSession:
         self.messages = self.messages[: starts[-1]]
         self._version += 1
         self.autosave()
-        return removed[0].get("content")
+        return removed[0].content
 
     def drop_oldest(self, n: int = 1) -> int:
         """Drop the ``n`` oldest exchanges (the system prompt stays); return how many went."""
@@ -391,7 +379,7 @@ class ChatSession:
     # --- transcripts -------------------------------------------------------------------
     def to_transcript(self) -> Transcript:
         return Transcript(
-            messages=[dict(m) for m in self.messages],
+            messages=[to_record(m) for m in self.messages],
             system_prompt=self.system_prompt,
             settings=self.settings.to_dict(),
             model=self.backend.model_name,
@@ -400,7 +388,7 @@ class ChatSession:
         )
 
     def _first_user_text(self) -> str:
-        return next((m["content"] for m in self.messages if m.get("role") == "user"), "")
+        return next((m.content for m in self.messages if isinstance(m, UserTurn)), "")
 
     def autosave(self) -> Path | None:
         """Write the conversation to its autosave file (if autosave is on and it has turns).
@@ -467,14 +455,11 @@ class ChatSession:
             raise TranscriptError(f"{shown(path)} has invalid settings: {exc}") from None
         self.settings = settings
         self.system_prompt = _normalize_system(data.system_prompt)
-        self.messages = [dict(m) for m in data.messages]
+        self.messages = [from_record(m) for m in data.messages]
         self.extra = dict(data.extra)
         self._version += 1
-        last = next((m for m in reversed(self.messages) if m.get("role") == "assistant"), None)
-        self.last_stats = None
-        if last and isinstance(last.get("stats"), dict):
-            with contextlib.suppress(TypeError):
-                self.last_stats = GenerationStats(**last["stats"])
+        last = next((m for m in reversed(self.messages) if isinstance(m, Reply)), None)
+        self.last_stats = last.stats if last is not None else None
         self._date_pin = _now()
         try:
             self.started = datetime.fromisoformat(data.created).astimezone()

@@ -161,7 +161,7 @@ def test_oom_while_generating_fails_the_turn_only(
     assert failed.finish_reason == "error"
     assert "ran out of memory" in failed.error and "--quantize nf4" in failed.error
     assert "\n" not in failed.error
-    assert session.messages[-1]["error"] == failed.error and not session.busy
+    assert session.messages[-1].error == failed.error and not session.busy
     assert engine.cache.length == len(engine.cached_ids)  # the cache is consistent
     monkeypatch.undo()
     # the conversation goes on, and the reused cache gives what a cache-free run gives
@@ -199,8 +199,8 @@ async def test_oom_while_generating_in_the_tui(engine, monkeypatch) -> None:
         fail_forward(monkeypatch, engine, 2)
         await submit(pilot, "Hello! What is the capital of France?")
         await wait_for(pilot, lambda: any("ran out of memory" in t for t in texts(notes)))
-        assert screen.session.messages[-1]["finish_reason"] == "error"
+        assert screen.session.messages[-1].finish_reason == "error"
         monkeypatch.undo()
         await submit(pilot, "And which city is in Europe?")  # the app kept running
-        assert screen.session.messages[-1]["finish_reason"] in ("stop", "length")
+        assert screen.session.messages[-1].finish_reason in ("stop", "length")
         assert len(screen.session.messages) == 4

@@ -174,7 +174,7 @@ async def test_load_of_bad_files_in_the_tui(tmp_path: Path) -> None:
     cases = bad_files(tmp_path)
     async with running(make_app()) as (pilot, notes):
         screen = await submit(pilot, "keep me")
-        before = [dict(m) for m in screen.session.messages]
+        before = list(screen.session.messages)
         for name, (arg, words) in cases.items():
             await command(pilot, f"/load {arg}".rstrip())
             message = texts(notes)[-1]

@@ -31,6 +31,7 @@ from smolchat.chat.reasoning import ReasoningParser, split_reasoning
 from smolchat.chat.session import ChatSession
 from smolchat.chat.tokenizer import Tokenizer
 from smolchat.chat.transcript import Transcript, TranscriptError, read_transcript, render_transcript
+from smolchat.chat.turns import to_record
 from smolchat.errors import CommandError, SmolchatError
 from tests.tui.fake_engine import FakeEngine
 
@@ -43,7 +44,7 @@ line_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), ma
 
 
 def state(session: ChatSession):
-    return (session.settings.to_dict(), session.system_prompt, [dict(m) for m in session.messages])
+    return (session.settings.to_dict(), session.system_prompt, list(session.messages))
 
 
 # ---- slash commands -----------------------------------------------------------------------------
@@ -210,7 +211,7 @@ def test_mutated_transcripts_load_or_are_refused_cleanly(tmp_path_factory, how) 
         return
     again = path.with_name("again.md")
     session.save(again)
-    assert read_transcript(again).messages == session.messages
+    assert read_transcript(again).messages == [to_record(m) for m in session.messages]
 
 
 # ---- the reasoning parser -----------------------------------------------------------------------

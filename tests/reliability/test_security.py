@@ -121,7 +121,7 @@ def test_loading_and_chatting_never_unpickle(tiny_model, smollm2_gguf, no_unpick
         )
         for _ in session.send("Hello!"):
             pass
-        assert session.messages[-1]["finish_reason"] in ("stop", "length")
+        assert session.messages[-1].finish_reason in ("stop", "length")
     assert no_unpickling == []
 
 

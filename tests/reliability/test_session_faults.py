@@ -27,6 +27,7 @@ from smolchat.chat.events import TurnFinished
 from smolchat.chat.session import ChatSession
 from smolchat.chat.settings import ChatSettings
 from smolchat.chat.text import printable, valid_text
+from smolchat.chat.turns import UserTurn
 from smolchat.engine.types import SamplingParams
 from smolchat.errors import ContextOverflowError
 from smolchat.plain import PlainChat
@@ -102,15 +103,15 @@ def test_overflow_error_says_how_many_turns_to_drop(engine, monkeypatch) -> None
     session = greedy_session(engine, system_prompt="You are terse.")
     for question in ("Hello!", "What is the capital of France?", "And of Italy?"):
         finished(session.send(question))
-    ask = {"role": "user", "content": "Thank you, how can I help you today?"}
+    ask = UserTurn("Thank you, how can I help you today?")
     without_two = len(rendered(session, [*session.messages[4:], ask]))
     monkeypatch.setattr(engine, "context_length", without_two + 6)  # fits once 2 are gone
     with pytest.raises(ContextOverflowError) as info:
-        session.send(ask["content"])
+        session.send(ask.content)
     assert info.value.drop == 2 and "/drop 2" in str(info.value)
     monkeypatch.setattr(engine, "context_length", 40)  # nothing dropped can make room
     with pytest.raises(ContextOverflowError) as info:
-        session.send(ask["content"])
+        session.send(ask.content)
     assert info.value.drop is None and "shorten the message" in str(info.value)
 
 
@@ -138,7 +139,7 @@ async def test_tui_offers_the_drop_the_error_carries(monkeypatch) -> None:
         await pilot.click("#yes")
         await wait_for(pilot, lambda: not screen.generating and len(session.messages) == 4)
         await idle(pilot, screen)
-        users = [m["content"] for m in session.messages if m["role"] == "user"]
+        users = [m.content for m in session.messages if m.role == "user"]
         assert users == ["question 2", "the long one"]
 
 
@@ -177,8 +178,8 @@ async def test_huge_paste_that_fits_is_sent_and_shown() -> None:
         await pilot.press("enter")
         await wait_for(pilot, lambda: len(screen.session.messages) == 2, timeout=60)
         await idle(pilot, screen)
-        assert screen.session.messages[0]["content"] == PASTE.strip()
-        assert screen.session.messages[1]["content"] == f"got {len(PASTE.strip())} characters"
+        assert screen.session.messages[0].content == PASTE.strip()
+        assert screen.session.messages[1].content == f"got {len(PASTE.strip())} characters"
         assert str(screen.conversation.query_one(UserMessage).render()) == PASTE.strip()
 
 
@@ -189,7 +190,7 @@ def test_huge_paste_in_plain_mode(engine) -> None:
     assert chat.run(EOFRead([PASTE, "hello", "/stats"])) == 0
     text = out.getvalue()
     assert "error: this turn needs" in text and "shorten the message" in text
-    assert [m["content"] for m in session.messages if m["role"] == "user"] == ["hello"]
+    assert [m.content for m in session.messages if m.role == "user"] == ["hello"]
     assert "turns: 1" in text
 
 
@@ -253,7 +254,7 @@ def test_plain_repl_survives_bad_bytes_on_a_strict_stdin(tiny_model, tmp_path) -
 def test_lone_surrogates_become_replacement_characters(engine) -> None:
     session = greedy_session(engine)
     finished(session.send("escaped byte \udcff and half a pair \ud83c"))
-    assert session.messages[0]["content"] == "escaped byte \ufffd and half a pair \ufffd"
+    assert session.messages[0].content == "escaped byte \ufffd and half a pair \ufffd"
     run_command(session, "/system be \udcff brief")
     assert session.system_prompt == "be \ufffd brief"
     finished(session.send("again"))
@@ -270,8 +271,8 @@ async def test_control_characters_are_shown_not_obeyed_in_the_tui() -> None:
         await idle(pilot, screen)
         # the conversation keeps the text as typed (the model sees it), the screen shows it safely
         typed = NASTY.replace("\r", "\n")  # the text area takes a lone CR as a line break
-        assert screen.session.messages[0]["content"] == typed.strip()
-        assert screen.session.messages[1]["content"] == reply
+        assert screen.session.messages[0].content == typed.strip()
+        assert screen.session.messages[1].content == reply
         shown = shown_text(screen)
         assert "PWNED" in shown and "\u241b]0;PWNED" in shown
         assert not set(shown) & CONTROL
@@ -296,7 +297,7 @@ def test_control_characters_are_shown_not_obeyed_in_plain_mode() -> None:
     assert "answer \u241b]52;c;cHduZWQ=\u2407 done" in text and "hm \u241b[31m" in text
     assert "x\u241by" in text
     assert not set(text) & CONTROL
-    assert session.messages[1]["content"] == "answer \x1b]52;c;cHduZWQ=\x07 done"
+    assert session.messages[1].content == "answer \x1b]52;c;cHduZWQ=\x07 done"
 
 
 # ---- /help ----------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def test_200_turns_memory_flat_after_clear_and_cache_bounded(engine, one_thread)
         for i in range(TURNS):
             for _ in session.send(question(i)):
                 pass
-            assert session.messages[-1]["finish_reason"] in ("stop", "length")
+            assert session.messages[-1].finish_reason in ("stop", "length")
             assert engine.cache.length <= engine.context_length
             assert engine.cache.nbytes <= cache_bound(engine)
             if i % 40 == 39:
@@ -105,7 +105,7 @@ def test_long_session_at_the_context_limit_drops_old_turns(engine, one_thread, m
         assert session.context_used() <= limit
     assert dropped > 0  # the limit was reached, and the chat went on
     assert session.system_prompt == "You are terse."
-    assert session.messages[-2]["content"] == question(39)
+    assert session.messages[-2].content == question(39)
 
 
 async def until(condition: Callable[[], object], timeout: float = 30) -> None:

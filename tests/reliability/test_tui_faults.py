@@ -50,7 +50,7 @@ async def test_resize_while_streaming() -> None:
         await wait_for(pilot, lambda: len(screen.session.messages) == 2)
         await idle(pilot, screen)
         reply = screen.conversation.query(AssistantMessage).last()
-        assert reply.answer_text == WORDS and screen.session.messages[1]["content"] == WORDS
+        assert reply.answer_text == WORDS and screen.session.messages[1].content == WORDS
         assert not [n for n in notes if n.severity == "error"]
         await submit(pilot, "again")  # still working
         assert len(screen.session.messages) == 4
@@ -111,7 +111,7 @@ async def test_typing_while_loading_is_kept(enter: bool, opened) -> None:
         if enter:
             await wait_for(pilot, lambda: len(screen.session.messages) == 2)
             await idle(pilot, screen)
-            assert screen.session.messages[0]["content"] == "hello there\npasted line"
+            assert screen.session.messages[0].content == "hello there\npasted line"
             assert screen.prompt.text == ""
         else:
             assert screen.prompt.text == "hello there\npasted line"
@@ -201,8 +201,7 @@ async def test_failed_retry_shows_the_reply_it_would_replace(monkeypatch) -> Non
         assert "send it again" in texts(notes)[-1]
         replies = screen.conversation.query(AssistantMessage)
         assert (
-            len(replies) == 1
-            and replies.last().answer_text == screen.session.messages[1]["content"]
+            len(replies) == 1 and replies.last().answer_text == screen.session.messages[1].content
         )
 
 

@@ -39,8 +39,8 @@ async def test_type_and_send_shows_the_exchange() -> None:
         assert [str(u.render()) for u in screen.query(UserMessage)] == ["Hi there"]
         (reply,) = replies(screen)
         assert "def add(a, b):" in reply.answer_text
-        assert reply.answer_text == screen.session.messages[-1]["content"]
-        assert screen.session.messages[0]["content"] == "Hi there"
+        assert reply.answer_text == screen.session.messages[-1].content
+        assert screen.session.messages[0].content == "Hi there"
         # the status bar shows the model, precision, think mode, context and speed
         line = status_line(screen)
         for part in ("SmolLM3-test", "cpu float32", "think", "T 0.6", "100.0 tok/s"):
@@ -58,7 +58,7 @@ async def test_reply_streams_then_is_rendered_complete() -> None:
         assert screen.generating and not reply.finished
         await idle(pilot, screen)
         assert reply.finished and len(reply.answer_text) > len(partial)
-        full = screen.session.messages[-1]["content"]
+        full = screen.session.messages[-1].content
         assert full.startswith(partial.lstrip()[:10]) and reply.answer_text == full
         # the final full update rendered the code block (not lost while streaming)
         assert reply.code_blocks() == ["def add(a, b):\n    return a + b\n"]
@@ -85,7 +85,7 @@ async def test_reasoning_is_open_while_thinking_and_collapses_for_the_answer() -
         assert box.collapsed
         shown = str(box.query_one(".reasoning-text", Static).render())
         assert "A one-liner will do." in shown
-        assert screen.session.messages[-1]["reasoning"].strip() == shown.strip()
+        assert screen.session.messages[-1].reasoning.strip() == shown.strip()
 
 
 async def test_reasoning_show_hide_command_and_key() -> None:
@@ -130,12 +130,12 @@ async def test_escape_stops_within_a_token_and_keeps_the_partial_reply() -> None
         await pilot.press("escape")
         await idle(pilot, screen)
         last = screen.session.messages[-1]
-        assert last["finish_reason"] == "cancelled"
-        assert last["stats"]["generated_tokens"] <= generated_at_press + 1
+        assert last.finish_reason == "cancelled"
+        assert last.stats.generated_tokens <= generated_at_press + 1
         reply = replies(screen)[0]
         assert reply.has_class("-stopped")
         assert "stopped" in str(reply.query_one(".footer", Static).render())
-        assert reply.answer_text == last["content"] and 0 < len(last["content"]) < 600
+        assert reply.answer_text == last.content and 0 < len(last.content) < 600
         # the app goes on: the next message is answered
         engine.delay = 0.0
         await submit(pilot, "more")
@@ -150,7 +150,7 @@ async def test_ctrl_c_stops_a_reply_then_quits_when_idle() -> None:
         await wait_for(pilot, lambda: replies(screen) and replies(screen)[0].answer_text)
         await pilot.press("ctrl+c")
         await idle(pilot, screen)
-        assert screen.session.messages[-1]["finish_reason"] == "cancelled"
+        assert screen.session.messages[-1].finish_reason == "cancelled"
         assert app.is_running
         await pilot.press("ctrl+c")  # idle, empty prompt: the first press only warns
         await pilot.pause()
@@ -181,7 +181,7 @@ async def test_enter_sends_ctrl_j_adds_a_line() -> None:
         assert screen.prompt.text == "a\nb" and not screen.session.messages
         await pilot.press("enter")
         await wait_for(pilot, lambda: len(screen.session.messages) == 2)
-        assert screen.session.messages[0]["content"] == "a\nb"
+        assert screen.session.messages[0].content == "a\nb"
 
 
 async def test_history_up_and_down() -> None:
@@ -233,7 +233,7 @@ async def test_copy_last_reply_and_code_block() -> None:
         assert "No reply to copy yet." in texts(notes)
         await submit(pilot, "code please")
         await pilot.press("ctrl+y")
-        assert app.clipboard == screen.session.messages[-1]["content"]
+        assert app.clipboard == screen.session.messages[-1].content
         await pilot.press("ctrl+o")
         assert app.clipboard == "def add(a, b):\n    return a + b\n"
 
@@ -249,7 +249,7 @@ async def test_generation_error_is_a_notification_not_a_crash() -> None:
         assert errors and "fake engine failure" in errors[-1].message
         engine.fail_after = None
         await submit(pilot, "again")
-        assert screen.session.messages[-1]["finish_reason"] == "stop"
+        assert screen.session.messages[-1].finish_reason == "stop"
         assert app.is_running
 
 
@@ -268,7 +268,7 @@ async def test_context_overflow_offers_to_drop_the_oldest_turns() -> None:
         await wait_for(pilot, lambda: len(screen.session.messages) == 2)
         await idle(pilot, screen)
         await pilot.pause()
-        assert [m["content"] for m in screen.session.messages][0] == text
+        assert [m.content for m in screen.session.messages][0] == text
         assert [str(u.render()) for u in screen.query(UserMessage)] == [text]
         assert screen.prompt.text == ""
 

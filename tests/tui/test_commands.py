@@ -106,7 +106,7 @@ async def test_retry_replaces_the_last_reply() -> None:
         screen = await submit(pilot, "hi")
         assert [r.answer_text for r in screen.query(AssistantMessage)] == ["first answer"]
         await command(pilot, "/retry")
-        await wait_for(pilot, lambda: screen.session.messages[-1]["content"] == "second answer")
+        await wait_for(pilot, lambda: screen.session.messages[-1].content == "second answer")
         await idle(pilot, screen)
         assert [r.answer_text for r in screen.query(AssistantMessage)] == ["second answer"]
         assert users(screen) == ["hi"] and len(screen.session.messages) == 2

@@ -103,7 +103,7 @@ async def test_copy_keys_report_how_they_copied() -> None:
             for t in texts(notes)
         )
         await pilot.press("ctrl+y")
-        assert app.clipboard == screen.session.messages[-1]["content"]
+        assert app.clipboard == screen.session.messages[-1].content
 
 
 # ---- scrolling and moving between messages ----------------------------------------------------
@@ -179,7 +179,7 @@ async def test_edit_an_earlier_message_replaces_it_and_what_followed() -> None:
         await pilot.press("enter")
         await wait_for(pilot, lambda: not screen.generating and len(screen.session.messages) == 4)
         await idle(pilot, screen)
-        users = [m["content"] for m in screen.session.messages if m["role"] == "user"]
+        users = [m.content for m in screen.session.messages if m.role == "user"]
         assert users == ["question one", "question deux"]
         shown = [u.text for u in screen.query(UserMessage)]
         assert shown == users
@@ -215,7 +215,7 @@ async def test_retry_from_an_earlier_message_with_the_real_engine(tiny_model) ->
         await pilot.press("r")
         await wait_for(pilot, lambda: not screen.generating and len(screen.session.messages) == 2)
         await idle(pilot, screen)
-        assert screen.session.messages[0]["content"] == "Hello one"
+        assert screen.session.messages[0].content == "Hello one"
         assert screen.session.messages[1] is not first_reply
         assert [u.text for u in screen.query(UserMessage)] == ["Hello one"]
         assert len(screen.query(AssistantMessage)) == 1

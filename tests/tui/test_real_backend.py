@@ -48,7 +48,7 @@ def errors(notes) -> list[str]:
 
 
 def replies(screen) -> list[str]:
-    return [m["finish_reason"] for m in screen.session.messages if m["role"] == "assistant"]
+    return [m.finish_reason for m in screen.session.messages if m.role == "assistant"]
 
 
 async def test_retry_then_send_answers(engine, tmp_path) -> None:
@@ -73,7 +73,7 @@ async def stop_mid_reply(pilot, screen) -> None:
     await pilot.press("escape")
     await idle(pilot, screen)
     screen.session.settings.max_new_tokens = 6
-    assert screen.session.messages[-1]["finish_reason"] == "cancelled"
+    assert screen.session.messages[-1].finish_reason == "cancelled"
 
 
 async def test_stop_then_retry(engine, tmp_path) -> None:
@@ -81,7 +81,7 @@ async def test_stop_then_retry(engine, tmp_path) -> None:
         screen = await submit(pilot, "Hi")
         await stop_mid_reply(pilot, screen)
         await command(pilot, "/retry")
-        await wait_for(pilot, lambda: screen.session.messages[-1]["finish_reason"] == "length")
+        await wait_for(pilot, lambda: screen.session.messages[-1].finish_reason == "length")
         await submit(pilot, "Next question")
         assert errors(notes) == []
         assert replies(screen) == ["length"] * 3
@@ -99,8 +99,8 @@ async def test_stop_then_send(engine, tmp_path) -> None:
 async def test_a_failed_retry_keeps_the_previous_reply(engine, tmp_path, monkeypatch) -> None:
     async with running(real_app(engine, tmp_path)) as (pilot, notes):
         screen = await submit(pilot, "Hello there")
-        before = dict(screen.session.messages[-1])
-        assert before["content"]
+        before = screen.session.messages[-1]
+        assert before.content
 
         def failing(ids, **kwargs):
             raise RuntimeError("the device fell over")
@@ -112,9 +112,9 @@ async def test_a_failed_retry_keeps_the_previous_reply(engine, tmp_path, monkeyp
         await idle(pilot, screen)
         assert screen.session.messages[-1] == before  # the reply is still there...
         saved = read_transcript(screen.session.transcript_path)
-        assert saved.messages[-1]["content"] == before["content"]  # ...and in the autosave
+        assert saved.messages[-1]["content"] == before.content  # ...and in the autosave
         shown = [r.answer_text for r in screen.query(AssistantMessage)]
-        assert shown == [before["content"]]  # ...and on screen
+        assert shown == [before.content]  # ...and on screen
         monkeypatch.undo()
         await submit(pilot, "And now?")  # the chat goes on
         assert replies(screen) == ["length", "length"]

@@ -72,7 +72,7 @@ async def test_a_message_shows_without_its_thinking_flag_as_the_transcript_has_i
         screen = await submit(pilot, "what is 2+2? /no_think")
         shown = [str(w.text) for w in screen.query(UserMessage)]
         assert shown == ["what is 2+2?"]
-        assert screen.session.messages[0]["content"] == "what is 2+2?"
+        assert screen.session.messages[0].content == "what is 2+2?"
 
 
 @pytest.mark.parametrize("args", [["--help"], ["chats", "--help"]])

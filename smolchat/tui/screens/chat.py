@@ -44,6 +44,7 @@ from smolchat.chat.events import AnswerDelta, ChatEvent, ReasoningDelta, TurnFin
 from smolchat.chat.history import PromptHistory
 from smolchat.chat.library import ChatLibrary
 from smolchat.chat.thinking import resolve_thinking
+from smolchat.chat.turns import Reply, UserTurn
 from smolchat.editor import edit_text
 from smolchat.errors import ContextOverflowError, SmolchatError
 from smolchat.tui.screens.chats import ChatsScreen
@@ -251,19 +252,20 @@ class ChatScreen(Screen[None]):
         await self.conversation.remove_children()
         widgets: list[UserMessage | AssistantMessage] = []
         for m in self.session.messages:
-            if m["role"] == "user":
-                widgets.append(UserMessage(m["content"]))
-            elif m["role"] == "assistant":
+            if isinstance(m, UserTurn):
+                widgets.append(UserMessage(m.content))
+            else:
                 widgets.append(AssistantMessage(show_reasoning=self.show_reasoning))
         await self.conversation.mount_all(widgets)
         replies = iter(w for w in widgets if isinstance(w, AssistantMessage))
         for m in self.session.messages:
-            if m["role"] == "assistant":
+            if isinstance(m, Reply):
                 await next(replies).finish(
-                    m.get("reasoning") or "",
-                    m["content"],
-                    finish_reason=m.get("finish_reason"),
-                    stats=m.get("stats"),
+                    m.reasoning or "",
+                    m.content,
+                    finish_reason=m.finish_reason,
+                    stats=m.stats,
+                    error=m.error,
                 )
         if not widgets:
             await self.conversation.mount(WelcomePanel(self.welcome_text()))

@@ -96,7 +96,7 @@ class AssistantMessage(Vertical):
         answer: str,
         *,
         finish_reason: str | None,
-        stats: GenerationStats | dict | None = None,
+        stats: GenerationStats | None = None,
         error: str | None = None,
     ) -> None:
         """Show the complete reply: one full Markdown update, so no block is lost."""
@@ -140,7 +140,7 @@ def code_blocks(markdown: str) -> list[str]:
 
 
 def _footer_text(
-    finish_reason: str | None, stats: GenerationStats | dict | None, error: str | None
+    finish_reason: str | None, stats: GenerationStats | None, error: str | None
 ) -> str:
     """One line under a reply: how it ended and its speed."""
     return reply_line(finish_reason, stats, error, marks=True)
