@@ -512,7 +512,7 @@ def test_sigkill_mid_reply_leaves_the_completed_turns_saved(tiny_model, tmp_path
     latest = TranscriptStore(tmp_path).latest()
     assert latest is not None
     data = read_transcript(latest)
-    assert [m.role for m in data.messages] == ["user", "assistant"]
+    assert [m["role"] for m in data.messages] == ["user", "assistant"]
     assert data.messages[1]["finish_reason"] in ("stop", "length")
 
 
