@@ -431,7 +431,7 @@ async def test_ctrl_t_while_reasoning_stops_thinking_with_the_real_engine(tmp_pa
         assert "Stopped thinking: the answer follows." in texts(notes)
         await wait_for(pilot, lambda: len(screen.session.messages) == 2, timeout=180)
         reply = screen.session.messages[1]
-        assert reply["reasoning"] and reply["content"]  # closed early, then answered
+        assert reply.reasoning and reply.content  # closed early, then answered
         assert screen.session.settings.thinking is True  # the mode itself did not change
 
 

@@ -54,11 +54,11 @@ async def test_streams_and_esc_keeps_the_partial(scripted, tmp_path) -> None:
         await pilot.press("escape")
         await idle(pilot, screen)
         last = screen.session.messages[-1]
-        assert last["finish_reason"] == "cancelled" and last["content"].startswith("Once upon")
+        assert last.finish_reason == "cancelled" and last.content.startswith("Once upon")
         assert scripted.disconnected.wait(5)  # the HTTP stream was closed
         scripted.script = Script(words=["Paris", "."])
         await submit(pilot, "What is the capital of France?")
-        assert screen.session.messages[-1]["content"] == "Paris."
+        assert screen.session.messages[-1].content == "Paris."
         assert errors(notes) == []
         assert "remote: " in screen.session.backend.description
     assert [m.get("finish_reason") for m in saved(tmp_path) if m["role"] == "assistant"] == [
@@ -72,11 +72,11 @@ async def test_a_cut_stream_keeps_the_partial_and_the_chat_goes_on(scripted, tmp
     async with running(remote_app(scripted.url, tmp_path)) as (pilot, notes):
         screen = await submit(pilot, "What is the capital of France?")
         last = screen.session.messages[-1]
-        assert last["finish_reason"] == "error" and last["content"] == "The capital is "
-        assert "partial reply is kept" in str(last.get("error")), last
+        assert last.finish_reason == "error" and last.content == "The capital is "
+        assert "partial reply is kept" in str(last.error), last
         scripted.script = Script(words=["Paris", "."])
         await submit(pilot, "Again?")
-        assert screen.session.messages[-1]["content"] == "Paris."
+        assert screen.session.messages[-1].content == "Paris."
     contents = [m["content"] for m in saved(tmp_path) if m["role"] == "assistant"]
     assert contents == ["The capital is ", "Paris."]
 
@@ -85,5 +85,5 @@ async def test_a_cut_stream_keeps_the_partial_and_the_chat_goes_on(scripted, tmp
 async def test_streams_from_transformers_serve(transformers_serve, tmp_path) -> None:
     async with running(remote_app(transformers_serve.url, tmp_path)) as (pilot, notes):
         screen = await submit(pilot, "What is the capital of France?")
-        assert "Paris" in screen.session.messages[-1]["content"]
+        assert "Paris" in screen.session.messages[-1].content
         assert errors(notes) == []
