@@ -71,7 +71,7 @@ async def test_ctrl_l_lists_searches_as_you_type_and_enter_opens(tmp_path: Path)
         await wait_for(pilot, lambda: pilot.app.screen is chat)
         await pilot.pause()
         session = chat.session
-        assert [m["content"] for m in session.messages] == ["What about zebras?", "Stripes."]
+        assert [m.content for m in session.messages] == ["What about zebras?", "Stripes."]
         assert session.system_prompt == "Talk like a zoologist."
         assert session.settings.sampling.temperature == 0.25
         assert session.settings.thinking is False
@@ -135,13 +135,13 @@ async def test_read_attaches_a_file_to_the_next_message(tmp_path: Path) -> None:
         await command(pilot, f"/read {tmp_path / 'missing.txt'}")
         assert any("no such file" in t for t in texts(notes))
         await submit(pilot, "what do I need?")
-        sent = chat.session.messages[0]["content"]
+        sent = chat.session.messages[0].content
         assert sent.startswith("File `notes.txt`:\n\n```txt\nbuy milk\nand <think> tags\n```")
         assert sent.endswith("what do I need?")
         saved = read_transcript(chat.session.transcript_path)
         assert saved.messages[0]["content"] == sent  # the transcript records the file
         await submit(pilot, "and next?")  # the file went with one message only
-        assert chat.session.messages[2]["content"] == "and next?"
+        assert chat.session.messages[2].content == "and next?"
 
 
 async def test_read_tab_completes_paths(tmp_path: Path, monkeypatch) -> None:
