@@ -173,7 +173,10 @@ class ChatsScreen(ModalScreen[Path | None]):
             return
         text = Text()
         text.append(printable(entry.title) + "\n", style="bold")
-        text.append(f"{entry.model} · {entry.exchanges} exchanges · {entry.id}\n", style="dim")
+        n = entry.exchanges
+        text.append(
+            f"{entry.model} · {n} exchange{'s' if n != 1 else ''} · {entry.id}\n", style="dim"
+        )
         if data.system_prompt:
             text.append("\nSystem: ", style="bold dim")
             text.append(printable(data.system_prompt[:300]) + "\n", style="dim")
