@@ -365,19 +365,20 @@ def create_app(backend: Backend, options: ServeOptions) -> FastAPI:
         def sink(item: Item) -> None:  # on the worker thread; never blocks
             loop.call_soon_threadsafe(items.put_nowait, item)
 
-        cancel = generation.cancel
+        job = Job(generation, sink, body.stop_sequences())
+        cancel = job.cancel  # a no-op once the turn has ended
         try:
-            worker.submit(Job(generation, sink, body.stop_sequences()))
+            worker.submit(job)
         except QueueFullError as exc:
             raise ApiError(503, str(exc), code="overloaded") from None
         record: dict[str, Any] = request.scope["state"]["record"]
         try:
             first = await _next(items, request)
         except BaseException:
-            cancel.cancel()
+            cancel()
             raise
         if first is None:  # the client left while the request waited
-            cancel.cancel()
+            cancel()
             return Response(status_code=499)
         if isinstance(first, Refused):
             param = "messages" if first.status < 500 else None
@@ -392,14 +393,14 @@ def create_app(backend: Backend, options: ServeOptions) -> FastAPI:
             while True:
                 item = await _next(items, request)
                 if item is None:
-                    cancel.cancel()
+                    cancel()
                     return Response(status_code=499)
                 if isinstance(item, WorkerDelta):
                     reply.add(item)
                 elif isinstance(item, Done):
                     break
         finally:
-            cancel.cancel()  # a no-op once done; stops the engine if this handler is cancelled
+            cancel()  # a no-op once done; stops the engine if this handler is cancelled
         record.update(
             prompt_tokens=item.stats.prompt_tokens, completion_tokens=item.stats.generated_tokens
         )
@@ -460,7 +461,7 @@ async def _next(items: asyncio.Queue[Item], request: Request) -> Item | None:
 async def _sse(
     reply: _Reply,
     items: asyncio.Queue[Item],
-    cancel: CancelToken,
+    cancel: Callable[[], None],
     record: dict[str, Any],
     *,
     include_usage: bool,
@@ -500,7 +501,7 @@ async def _sse(
                 yield "data: [DONE]\n\n"
                 return
     finally:
-        cancel.cancel()
+        cancel()  # the client went away (a no-op once the turn has ended)
 
 
 def _unknown_model(name: str, served: str) -> ApiError:

@@ -113,9 +113,25 @@ class StopFilter:
 
 @dataclass
 class Job:
+    """One turn for the worker. Cancel it with :meth:`cancel`, never through
+    ``request.cancel`` directly: the backend ties that token to the engine's own cancel, so
+    setting it after the turn ended would stop whatever turn runs next."""
+
     request: GenerationRequest
     sink: Sink
     stops: list[str] = field(default_factory=list)
+    _state: str = "queued"  # queued -> running -> done
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def cancel(self) -> None:
+        """Stop this turn (a queued one never starts); a no-op once it has ended."""
+        with self._lock:
+            if self._state != "done":
+                self.request.cancel.cancel()
+
+    def _advance(self, state: str) -> None:
+        with self._lock:
+            self._state = state
 
 
 _STOP = object()
@@ -160,13 +176,15 @@ class EngineWorker:
             if job is _STOP:
                 return
             assert isinstance(job, Job)
+            job._advance("running")
             try:
                 self._run(job)
             except Exception as exc:  # the sink failed (the server is going away): go on
-                job.request.cancel.cancel()
+                job.cancel()
                 with contextlib.suppress(Exception):
                     job.sink(Refused(500, error_line(exc)))
             finally:
+                job._advance("done")
                 with self._count:
                     self._waiting -= 1
 
@@ -194,7 +212,7 @@ class EngineWorker:
                     if text:
                         sink(Delta("answer", text))
                     if stops.stopped:
-                        request.cancel.cancel()  # ends within one token
+                        job.cancel()  # ends within one token
                 elif isinstance(event, Finished):
                     rest = stops.flush()
                     if rest:
@@ -202,6 +220,7 @@ class EngineWorker:
                     reason = event.finish_reason
                     if stops.stopped and reason in ("cancelled", "stop"):
                         reason = "stop"
+                    job._advance("done")  # before the client hears of it: see Job
                     sink(Done(reason, event.stats, event.error))
                     return
         sink(Done("error", GenerationStats(), "the reply ended without a final event"))

@@ -235,12 +235,40 @@ def remote_smolchat_serve(request) -> Subject:
     return Subject(backend, True, None, **hooks)
 
 
+@pytest.fixture(scope="module")
+def smolchat_serve_gguf(gguf_engine, smollm2_gguf: Path):
+    """``smolchat serve`` (real uvicorn, 127.0.0.1) over the real SmolLM2 GGUF."""
+    pytest.importorskip("fastapi")
+    from smolchat.serve.app import ServeOptions
+    from smolchat.serve.server import start_in_thread
+
+    running = start_in_thread(LocalBackend(gguf_engine), ServeOptions(model_id=smollm2_gguf.name))
+    yield running
+    running.stop()
+
+
+def remote_smolchat_serve_gguf(request) -> Subject:
+    """RemoteBackend -> smolchat serve on the real SmolLM2 GGUF: it answers and stops by itself
+    (few decoded tokens; the full-context case is skipped, as for local-smollm2-gguf)."""
+    from smolchat.backend.remote import RemoteBackend
+
+    engine = request.getfixturevalue("gguf_engine")
+    engine.reset_cache()
+    backend = RemoteBackend(request.getfixturevalue("smolchat_serve_gguf").url)
+    hooks = _engine_hooks(engine)
+    hooks["limit_context"] = None
+    return Subject(backend, False, "What is the capital of France?", **hooks)
+
+
 FACTORIES = [
     pytest.param(local_tiny, id="local-tiny"),
     pytest.param(local_gguf, id="local-smollm2-gguf", marks=pytest.mark.slow),
     pytest.param(fake_engine, id="fake-engine"),
     pytest.param(remote_scripted, id="remote-scripted-server"),
     pytest.param(remote_smolchat_serve, id="remote-smolchat-serve"),
+    pytest.param(
+        remote_smolchat_serve_gguf, id="remote-smolchat-serve-gguf", marks=pytest.mark.slow
+    ),
     pytest.param(remote_transformers_serve, id="remote-transformers-serve", marks=pytest.mark.slow),
 ]
 

@@ -84,3 +84,32 @@ def test_serve_help_lists_its_options():
     assert result.returncode == 0
     for option in ("--host", "--port", "--api-key", "--quiet", "--device", "--quantize"):
         assert option in result.stdout
+
+
+def test_smolchat_server_one_shot_against_smolchat_serve(tiny_model):
+    """``smolchat --server URL -p`` through ``smolchat serve``: the answer on stdout; a cut one
+    (the random model never stops) is exit status 3 with the note, as with a local model."""
+    with ServeProcess(str(tiny_model), "--port", "0", "--quiet") as s:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "smolchat",
+                "--server",
+                s.url,
+                "-p",
+                "Hi",
+                "--max-new-tokens",
+                "3",
+                "--temperature",
+                "0",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=s.env,
+            timeout=120,
+        )
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.strip()
+    assert "max_new_tokens" in result.stderr and "Traceback" not in result.stderr
