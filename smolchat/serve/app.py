@@ -290,6 +290,8 @@ class Gate:
         tokens = ""
         if "prompt_tokens" in record:
             tokens = f" {record['prompt_tokens']}+{record['completion_tokens']} tokens"
+        if "note" in record:
+            tokens += f" ({record['note']})"
         client = scope.get("client") or ("-", 0)
         self.options.log(
             f"{client[0]} {scope['method']} {scope['path']} {record['status']}{tokens} "
@@ -501,6 +503,8 @@ async def _sse(
                 yield "data: [DONE]\n\n"
                 return
     finally:
+        if "completion_tokens" not in record:
+            record["note"] = "client disconnected"
         cancel()  # the client went away (a no-op once the turn has ended)
 
 

@@ -92,8 +92,8 @@ def serve(backend: Backend, options: ServeOptions, sock: socket.socket) -> None:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(
-        f"smolchat serve: {options.model_id} ({backend.description}) on "
-        f"http://{shown}:{port}/v1  (Ctrl+C stops)",
+        f"smolchat serve: {options.model_id} on http://{shown}:{port}/v1 · "
+        f"{backend.description} · Ctrl+C stops",
         file=sys.stderr,
         flush=True,
     )

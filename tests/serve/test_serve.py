@@ -236,7 +236,7 @@ def test_enable_thinking_false_renders_the_no_think_prompt(client, tiny_engine):
 
 
 # --- cancellation and the engine's freedom ----------------------------------------------------
-def test_a_client_that_hangs_up_mid_stream_frees_the_engine(server, client, tiny_engine):
+def test_a_client_that_hangs_up_mid_stream_frees_the_engine(server, client, tiny_engine, log):
     calls: list[int] = []
     real_cancel = tiny_engine.cancel
 
@@ -264,6 +264,7 @@ def test_a_client_that_hangs_up_mid_stream_frees_the_engine(server, client, tiny
         # the connection is closed here
         waited = wait_idle(server)
     assert calls, "the engine was never told to stop"
+    assert any("200 (client disconnected)" in line for line in log), log
     assert waited < 20
     assert len(content) == 3
     assert ask(client, "Hello", max_tokens=2).choices[0].finish_reason == "length"
