@@ -227,7 +227,7 @@ def remember(text: str, history: PromptHistory | None) -> None:
         history.add(text)
     readline = sys.modules.get("readline")
     if readline is not None:
-        readline.add_history(text)
+        readline.add_history(text.replace("\0", ""))  # readline's C strings end at a NUL
 
 
 class PlainChat:

@@ -348,3 +348,13 @@ def test_a_preset_named_on_the_command_line_wins_over_a_resumed_chat(
     assert sampling(fake).temperature == 0.05
     assert "Be cold." in fake.tokenizer.decode(fake.calls[-1]["ids"])
     assert "temperature 0.05 (the chat had 0.6)" in result.stderr
+
+
+def test_other_smolchat_variables_are_not_settings(fake, monkeypatch) -> None:
+    """Switches of other parts (and a CI's SMOLCHAT_CI) are no config errors."""
+    switches = ("SMOLCHAT_CI", "SMOLCHAT_NO_CUDA_GRAPHS", "SMOLCHAT_CPU_STEP", "SMOLCHAT_CACHE_DIR")
+    for var in switches:
+        monkeypatch.setenv(var, "1")
+    result = runner.invoke(cli.cli, ["m", "-p", "hi"])
+    assert "no such setting" not in result.stderr
+    assert result.exit_code == 0, result.stderr

@@ -284,7 +284,9 @@ def test_real_weights_classifier_matches_transformers(smollm2_classifier):
     ref = transformers.LlamaForSequenceClassification.from_pretrained(
         smollm2_classifier, dtype=torch.float32
     ).eval()
-    mine = load_pretrained(smollm2_classifier, "sequence-classification", device="cpu")
+    mine = load_pretrained(
+        smollm2_classifier, "sequence-classification", device="cpu", dtype="float32"
+    )
     assert mine.pad_token_id == 2 and mine.id2label == {0: "negative", 1: "positive"}
     tok = Tokenizer.from_file(str(smollm2_classifier / "tokenizer.json"))
     rows = {}

@@ -360,21 +360,27 @@ def _preset(path: Path, name: str, table: Any, lines: dict[tuple[str, str], int]
 def from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The settings given as ``SMOLCHAT_*`` variables (empty values ignored).
 
-    Raises SettingsError for an unknown ``SMOLCHAT_`` name or a bad value.
+    Other ``SMOLCHAT_*`` variables are switches of other parts (``SMOLCHAT_NO_CUDA_GRAPHS``,
+    ``SMOLCHAT_CACHE_DIR``, a test harness's ``SMOLCHAT_CI``...) and are ignored, except a name
+    that is a near miss of a setting's (``SMOLCHAT_TEMPRATURE``): that is a typo, and an error.
+    Raises SettingsError for such a typo or a bad value.
     """
     environ = os.environ if environ is None else environ
     out: dict[str, Any] = {}
     others = {"SMOLCHAT_CONFIG", "SMOLCHAT_API_KEY"}  # the key is a secret, never a setting
+    names = [k.env for k in KEYS.values()]
     for var, raw in environ.items():
         if not var.startswith(ENV_PREFIX) or var in others or raw == "":
             continue
         name = var[len(ENV_PREFIX) :].lower()
         key = KEYS.get(name)
         if key is None:
-            names = [k.env for k in KEYS.values()]
-            close = difflib.get_close_matches(var, names, n=1)
-            hint = f"did you mean {close[0]}?" if close else "unset it"
-            raise SettingsError(f"environment variable {var}: no such setting; {hint}")
+            close = difflib.get_close_matches(var, names, n=1, cutoff=0.85)
+            if close:
+                raise SettingsError(
+                    f"environment variable {var}: no such setting; did you mean {close[0]}?"
+                )
+            continue
         try:
             out[name] = parse_value(key, raw, from_text=True)
         except ValueError as error:

@@ -129,17 +129,25 @@ def greedy_session(engine, **kwargs) -> ChatSession:
 
 
 def fail_forward(monkeypatch, engine, at: int) -> dict:
-    """The ``at``-th forward pass of the network (0: the prefill) raises torch's OOM."""
+    """The ``at``-th forward pass of the network (0: the prefill) raises torch's OOM.
+
+    Decode steps on the CPU run the engine's lean one-token step (``engine.cpu``), not the
+    general forward: both are counted, in the order they run.
+    """
     state = {"calls": 0}
-    real = engine.model.forward
 
-    def forward(*args, **kwargs):
-        state["calls"] += 1
-        if state["calls"] == at + 1:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
-        return real(*args, **kwargs)
+    def failing(real):
+        def call(*args, **kwargs):
+            state["calls"] += 1
+            if state["calls"] == at + 1:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine.model, "forward", forward)
+        return call
+
+    monkeypatch.setattr(engine.model, "forward", failing(engine.model.forward))
+    if getattr(engine, "cpu", None) is not None:
+        monkeypatch.setattr(engine.cpu, "step", failing(engine.cpu.step))
     return state
 
 

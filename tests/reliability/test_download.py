@@ -81,7 +81,7 @@ async def test_tui_shows_download_progress(hub: FakeHub, tmp_path: Path, monkeyp
 
     async with running(make_app(load=load, model=REPO)) as (pilot, notes):
         screen = await chat_screen(pilot)
-        assert screen.session.engine.model_name == REPO
+        assert screen.session.backend.model_name == REPO
     downloads = [(done, total) for stage, done, total in reports if stage == "download"]
     size = sum(len(data) for data in hub.files.values())
     assert downloads and downloads[-1] == (size, size)  # every byte, counted once

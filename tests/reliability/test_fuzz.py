@@ -234,7 +234,12 @@ def test_reasoning_parser_on_any_text_and_any_split(text: str, start: bool, data
     events = [e for chunk in chunks for e in parser.feed(chunk)] + parser.finish()
     reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
     answer = "".join(e.text for e in events if isinstance(e, AnswerDelta))
-    assert (reasoning, answer) == (parser.reasoning, parser.answer)
+    if parser.revised:
+        # a stray "</think>" turned answer text that had already streamed into reasoning: the
+        # stream cannot take it back, but everything after the tag streams as the final answer
+        assert not start and answer.endswith(parser.answer)
+    else:
+        assert (reasoning, answer) == (parser.reasoning, parser.answer)
     assert (parser.reasoning, parser.answer) == split_reasoning(text, start_in_reasoning=start)
     assert len(reasoning) + len(answer) <= len(text)
 
