@@ -1009,6 +1009,10 @@ def tui(config: RunConfig) -> int:
         return str(device), str(dtype).removeprefix("torch.")
 
     remote = config.server is not None
+    if not remote and config.model:
+        from smolchat.model.hub import check_model_argument
+
+        check_model_argument(config.model)  # before the full-screen app: a plain error line
     width = config.message_width
     message_width = MESSAGE_WIDTH if width is None else (width or None)
     app = SmolchatApp(

@@ -90,6 +90,21 @@ def test_missing_model_is_one_line_exit_1() -> None:
     assert result.stdout == ""
 
 
+def test_missing_model_is_refused_before_the_tui_starts(monkeypatch, tmp_path) -> None:
+    """No full-screen loading screen (nor its escape codes on stdout) for a path that is not
+    there: one line, exit 1, as with -p."""
+    from smolchat.tui.app import SmolchatApp
+
+    def started(self, *args, **kwargs):
+        raise AssertionError("the TUI started")
+
+    monkeypatch.setattr(SmolchatApp, "run", started)
+    for model in (str(tmp_path / "nope.gguf"), "not a model name"):
+        result = runner.invoke(cli.cli, [model])
+        assert result.exit_code == 1, result.output
+        assert "model not found" in result.stderr and "\n" not in result.stderr.strip()
+
+
 def test_debug_shows_the_traceback() -> None:
     result = run_cli(str(ROOT / "no-such-model"), "-p", "hi", "--debug")
     assert result.returncode == 1

@@ -38,6 +38,19 @@ def resolve(
     model: str, revision: str | None = None, progress: Progress | None = None
 ) -> ModelSource:
     """Turn the user's MODEL argument into local files, downloading from the hub if needed."""
+    check_model_argument(model)
+    path = Path(model).expanduser()
+    if path.is_file():
+        return ModelSource("gguf", path, path.name)
+    if path.is_dir():
+        return ModelSource("dir", path, path.name)
+    return ModelSource("dir", download(model, revision, progress), model)
+
+
+def check_model_argument(model: str) -> None:
+    """Refuse a MODEL that can never load: a missing path, a file that is not a GGUF, a name
+    that is no hub id. Touches neither the hub nor torch, so the CLI can ask before it starts
+    the TUI. Raises ModelLoadError (one line, with near matches from the hub cache)."""
     path = Path(model).expanduser()
     if path.is_file():
         if path.suffix.lower() != ".gguf":
@@ -45,9 +58,9 @@ def resolve(
                 f"{model} is a file but not a .gguf file; pass a model folder, a .gguf file "
                 "or a hub id"
             )
-        return ModelSource("gguf", path, path.name)
+        return
     if path.is_dir():
-        return ModelSource("dir", path, path.name)
+        return
     if model.endswith(".gguf") or os.sep in model and not _REPO_ID.match(model):
         raise ModelLoadError(f"model not found: {model} does not exist{_suggest(model)}")
     if not _REPO_ID.match(model):
@@ -55,7 +68,6 @@ def resolve(
             f"model not found: {model!r} is neither a local path nor a hub id like "
             f"HuggingFaceTB/SmolLM3-3B{_suggest(model)}"
         )
-    return ModelSource("dir", download(model, revision, progress), model)
 
 
 def download(repo_id: str, revision: str | None, progress: Progress | None) -> Path:
