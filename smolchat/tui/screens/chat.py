@@ -212,7 +212,7 @@ class ChatScreen(Screen[None]):
             history=self.history,
         )
         yield StatusBar(id="status")
-        yield Footer()
+        yield Footer(compact=True)
 
     async def on_mount(self) -> None:
         if self.message_width:  # wide terminals: lines short enough to read
@@ -572,8 +572,10 @@ class ChatScreen(Screen[None]):
         return users[exchange] if 0 <= exchange < len(users) else None
 
     @on(ConversationView.Leave)
-    def _on_conversation_leave(self) -> None:
+    def _on_conversation_leave(self, message: ConversationView.Leave) -> None:
         self.prompt.focus()
+        if message.escape and self.generating:
+            self.action_stop()
 
     @on(ConversationView.Copy)
     def _on_copy(self, message: ConversationView.Copy) -> None:

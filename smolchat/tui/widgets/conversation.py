@@ -172,7 +172,13 @@ class ConversationView(VerticalScroll):
         Binding("o", "copy_code", "Copy code", tooltip="(on a message) copy its next code block"),
         Binding("r", "retry", "Retry", tooltip="(on a message) generate its reply again"),
         Binding("e", "edit", "Edit", tooltip="(on your message) edit it and send it again"),
-        Binding("escape,i", "leave", "Back to prompt", tooltip="(on a message) back to the prompt"),
+        Binding(
+            "escape",
+            "leave(True)",
+            "Back to prompt",
+            tooltip="(on a message) back to the prompt; while a reply streams, also stop it",
+        ),
+        Binding("i", "leave", "", show=False),  # listed with Esc
     ]
 
     class Copy(Message):
@@ -199,7 +205,12 @@ class ConversationView(VerticalScroll):
             self.text = text
 
     class Leave(Message):
-        """Back to the prompt."""
+        """Back to the prompt; ``escape``: by Esc, which also stops a streaming reply (one Esc
+        stops it wherever the focus is)."""
+
+        def __init__(self, *, escape: bool = False) -> None:
+            super().__init__()
+            self.escape = escape
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -276,8 +287,8 @@ class ConversationView(VerticalScroll):
         users = [e for e in self.entries() if isinstance(e, UserMessage)]
         self.post_message(self.Edit(exchange, users[exchange].text))
 
-    def action_leave(self) -> None:
-        self.post_message(self.Leave())
+    def action_leave(self, escape: bool = False) -> None:
+        self.post_message(self.Leave(escape=escape))
 
     def on_blur(self) -> None:
         self.select(None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import ClassVar
 
+from textual import events
 from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.widgets import Static, TextArea
@@ -18,18 +19,20 @@ class PromptInput(TextArea):
     """Enter sends; Shift+Enter / Ctrl+J add a newline; Up/Down at the first/last line walk the
     history; Tab completes a slash command.
 
-    Its own keys are priority bindings (checked before the text area inserts a character), so
-    the help lists them from ``BINDINGS`` like every other key.
+    Its own keys are listed in ``BINDINGS`` (so the help shows them like every other key) but
+    handled in :meth:`_on_key`, in the widget's own queue, in order with the typed characters.
+    Priority bindings would run at the app as each key arrives, before the characters typed
+    just ahead of it reached the text area: Enter sent half a message (or nothing, and a second
+    Enter sent it), the rest stayed in the prompt.
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter", "submit", "Send", show=False, priority=True, tooltip="send"),
+        Binding("enter", "submit", "Send", show=False, tooltip="send"),
         Binding(
             ",".join(NEWLINE_KEYS),
             "newline",
             "New line",
             show=False,
-            priority=True,
             tooltip="new line",
         ),
         Binding(
@@ -37,17 +40,15 @@ class PromptInput(TextArea):
             "history_up",
             "History",
             show=False,
-            priority=True,
             key_display="Up / Down",
             tooltip="earlier / later prompts (at the first / last line)",
         ),
-        Binding("down", "history_down", "", show=False, priority=True),  # listed with Up
+        Binding("down", "history_down", "", show=False),  # listed with Up
         Binding(
             "tab",
             "complete",
             "Complete",
             show=False,
-            priority=True,
             tooltip="complete a /command or its argument",
         ),
         Binding(
@@ -100,6 +101,14 @@ class PromptInput(TextArea):
         self.prompt_history = history if history is not None else PromptHistory()
         self._history_index: int | None = None  # None: editing the draft
         self._draft = ""
+
+    async def _on_key(self, event: events.Key) -> None:
+        action = _key_actions().get(event.key)
+        if action is None:
+            return  # TextArea._on_key (next in the MRO) inserts it, or a binding handles it
+        event.stop()
+        event.prevent_default()  # TextArea's own handler would insert Enter as a newline
+        await self.run_action(action)
 
     def action_submit(self) -> None:
         self.submit()
@@ -189,6 +198,16 @@ class PromptInput(TextArea):
             self.move_cursor(self.document.end)
         if len(matches) > 1:
             self.post_message(self.Completions(matches))
+
+
+def _key_actions() -> dict[str, str]:
+    """Key -> action of :class:`PromptInput`'s own keys (from its ``BINDINGS``)."""
+    actions: dict[str, str] = {}
+    for binding in PromptInput.BINDINGS:
+        assert isinstance(binding, Binding)
+        for key in binding.key.split(","):
+            actions[key.strip()] = binding.action
+    return actions
 
 
 class CommandHint(Static):

@@ -1,0 +1,98 @@
+"""Keys as a terminal delivers them: a burst of key events queued at once (tmux send-keys, a fast
+typist, a paste without bracketed paste), right after the chat screen shows.
+
+``pilot.press`` waits for each key to be handled before the next, so it never saw the bug where
+the prompt's Enter (a priority binding, run by the app as the key arrived) sent the text before
+the characters queued just ahead of it had reached the text area: half a message was sent, or
+nothing and a second Enter sent it. These tests post the keys the way the driver does.
+"""
+
+from __future__ import annotations
+
+from textual import events
+from textual.app import App
+from textual.keys import _character_to_key
+
+from smolchat.chat.turns import UserTurn
+from smolchat.tui.screens.chat import ChatScreen
+from smolchat.tui.widgets.conversation import ConversationView
+from tests.tui.conftest import make_app
+from tests.tui.fake_engine import FakeEngine
+from tests.tui.helpers import idle, running, wait_for
+
+
+def burst(app: App, *keys: str) -> None:
+    """Queue ``keys`` at once, as the terminal driver does: text is typed character by
+    character, names such as ``"enter"`` are keys."""
+    for key in keys:
+        if key in ("enter", "escape", "tab"):
+            app.post_message(events.Key(key, "\r" if key == "enter" else None))
+            continue
+        for char in key:
+            app.post_message(events.Key(_character_to_key(char), char))
+
+
+def user_texts(screen: ChatScreen) -> list[str]:
+    return [m.content for m in screen.session.messages if isinstance(m, UserTurn)]
+
+
+def long_reply(_question: str) -> str:
+    return " ".join(f"word{i}" for i in range(300))
+
+
+async def test_text_and_enter_typed_as_the_chat_screen_shows_are_sent_whole() -> None:
+    app = make_app()
+    async with running(app) as (pilot, _):
+        await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+        screen = app.screen
+        assert isinstance(screen, ChatScreen)
+        burst(app, "What is the capital of France?", "enter")  # no pause: as tmux sends it
+        await wait_for(pilot, lambda: len(screen.session.messages) >= 2)
+        await idle(pilot, screen)
+        assert user_texts(screen) == ["What is the capital of France?"]
+        assert screen.prompt.text == ""
+        assert screen.prompt.has_focus
+
+
+async def test_a_message_typed_right_after_a_command_keeps_its_first_letters() -> None:
+    app = make_app()
+    async with running(app) as (pilot, _):
+        await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+        screen = app.screen
+        assert isinstance(screen, ChatScreen)
+        burst(app, "/stats", "enter", "What is the capital of France?", "enter")
+        await wait_for(pilot, lambda: len(screen.session.messages) >= 2)
+        await idle(pilot, screen)
+        assert user_texts(screen) == ["What is the capital of France?"]
+        assert screen.prompt.text == ""
+
+
+async def test_one_escape_stops_the_reply_even_with_the_conversation_focused() -> None:
+    engine = FakeEngine(long_reply, delay=0.05)
+    app = make_app(engine)
+    async with running(app) as (pilot, _):
+        await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+        screen = app.screen
+        assert isinstance(screen, ChatScreen)
+        burst(app, "count", "enter")
+        await wait_for(pilot, lambda: screen.generating)
+        await pilot.press("alt+up")  # a message highlighted: the conversation has the focus
+        assert screen.query_one(ConversationView).has_focus
+        await pilot.press("escape")
+        await idle(pilot, screen)
+        assert screen.session.messages[-1].finish_reason == "cancelled"
+        assert screen.prompt.has_focus  # and back to the prompt
+
+
+async def test_one_escape_stops_the_reply_from_the_prompt() -> None:
+    engine = FakeEngine(long_reply, delay=0.05)
+    app = make_app(engine)
+    async with running(app) as (pilot, _):
+        await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+        screen = app.screen
+        assert isinstance(screen, ChatScreen)
+        burst(app, "count", "enter")
+        await wait_for(pilot, lambda: screen.generating)
+        burst(app, "escape")
+        await idle(pilot, screen)
+        assert screen.session.messages[-1].finish_reason == "cancelled"
