@@ -290,3 +290,17 @@ async def test_context_overflow_declined_keeps_everything() -> None:
 async def test_fake_reply_is_the_default_code_reply() -> None:
     # guards the fixtures the other tests lean on
     assert "```python" in CODE_REPLY and "<think>" in CODE_REPLY
+
+
+async def test_a_long_reply_line_wraps_instead_of_losing_its_end() -> None:
+    """At 80 columns "cut at max_new_tokens: raise it with /set max_new_tokens N · 5 tokens ·
+    … tok/s · TTFT …s" is wider than the message: it wraps, the speed and TTFT stay visible."""
+    async with running(make_app(FakeEngine(responder=long_reply)), size=(80, 24)) as (pilot, _):
+        screen = await chat_screen(pilot)
+        screen.session.settings.max_new_tokens = 5
+        await submit(pilot, "count")
+        await idle(pilot, screen)
+        footer = replies(screen)[0].query_one(".footer", Static)
+        text = str(footer.render())
+        assert "max_new_tokens" in text and "TTFT" in text
+        assert footer.size.height >= 2 and footer.size.width < len(text)

@@ -56,7 +56,10 @@ def test_chat_light_theme_small_terminal(snap_compare) -> None:
     async def run_before(pilot: Pilot) -> None:
         await submit(pilot, "Write an add function in Python")
         screen = await chat_screen(pilot)
+        screen.prompt.cursor_blink = False  # a blinking cursor made the picture differ by phase
         screen.prompt.load_text("/s")
+        hint = screen.query_one("#hint")
+        await wait_for(pilot, lambda: hint.display and "/set" in str(hint.render()))
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
