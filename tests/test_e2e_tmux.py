@@ -47,7 +47,8 @@ def test_tui_answers_saves_and_exits(smollm2_gguf: Path, tmp_path: Path) -> None
         tmux("send-keys", "-t", session, f"/save {saved}", "Enter")
         wait_until(saved.exists, 30, "the saved transcript")
         tmux("send-keys", "-t", session, "/exit", "Enter")
-        wait_until(status.exists, 30, "smolchat to exit")
+        # the shell creates the file before `echo` writes the status into it: wait for the text
+        wait_until(lambda: status.exists() and status.read_text().strip(), 30, "smolchat to exit")
         assert status.read_text().strip() == "0"
         text = saved.read_text()
         assert "What is the capital of France?" in text and "Paris" in text

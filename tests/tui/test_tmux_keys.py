@@ -80,5 +80,6 @@ def test_keys_in_a_real_terminal(tiny_model: Path, tmp_path: Path, size) -> None
         term.wait_for("Press Ctrl+C again to quit", 10)
         assert not status.exists()
         term.keys("C-c")
-        wait_until(status.exists, 30, "smolchat to exit")
+        # the shell creates the file before `echo` writes the status into it: wait for the text
+        wait_until(lambda: status.exists() and status.read_text().strip(), 30, "smolchat to exit")
         assert status.read_text().strip() == "0"
