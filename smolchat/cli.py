@@ -52,6 +52,7 @@ class RunConfig:
     """Everything the command line decided; the modes read it."""
 
     model: str = DEFAULT_MODEL
+    model_given: bool = True  # False: no MODEL on the command line, config or environment
     server: str | None = None  # an OpenAI-compatible API base: chat through it (model = served id)
     api_key: str | None = field(default=None, repr=False)  # a secret: never printed or saved
     tokenizer: str | None = None  # with server: exact token counts
@@ -457,6 +458,7 @@ def run_config(effective: Effective) -> RunConfig:
     server = values.get("server")
     return RunConfig(
         model=values.get("model", "" if server else DEFAULT_MODEL),
+        model_given="model" in values or bool(server),
         server=server,
         tokenizer=values.get("tokenizer"),
         device=values.get("device", "auto"),
@@ -706,6 +708,8 @@ def run(config: RunConfig) -> int:
 def _run_mode(config: RunConfig) -> int:
     if config.resume is not None:  # a wrong id fails now, not after loading the model
         config.resume_path = _resume_path(config)
+        if config.resume_path is not None and not config.model_given:
+            config.model = _recorded_model(config.resume_path, config.model)
     if config.prompt is not None:
         return one_shot(config)
     if config.plain:
@@ -795,6 +799,9 @@ def make_session(engine: Any, config: RunConfig, *, store: bool = True) -> ChatS
     transcripts = TranscriptStore(config.transcripts, autosave=config.autosave) if store else None
     backend = engine if isinstance(engine, Backend) else LocalBackend(engine)
     session = ChatSession(backend, system_prompt=config.system, store=transcripts)
+    local = Path(config.model).expanduser() if config.model and not config.server else None
+    if local is not None and local.exists():
+        session.model_path = str(local.resolve())
     settings = session.settings
     settings.sampling = settings.sampling.with_(**config.sampling)
     if config.max_new_tokens is not None:
@@ -829,6 +836,31 @@ def attach_context(session: ChatSession, config: RunConfig) -> ChatSession:
         ),
     )
     return session
+
+
+def _recorded_model(path: Path, default: str) -> str:
+    """The model a resumed chat was made with, when no MODEL was given: the recorded full
+    path if it still exists, else the recorded model if it is an existing path or a hub id;
+    ``default`` for a chat that recorded none. A bare file name that no longer resolves is a
+    :class:`ModelLoadError` naming the command to give it."""
+    from smolchat.chat.library import chat_id
+    from smolchat.chat.session import MODEL_PATH
+    from smolchat.chat.transcript import read_transcript
+    from smolchat.errors import ModelLoadError
+    from smolchat.model.hub import is_hub_id
+
+    data = read_transcript(path)
+    full = data.extra.get(MODEL_PATH)
+    if isinstance(full, str) and full and Path(full).exists():
+        return full
+    model = data.model.strip()
+    if not model:
+        return default
+    if Path(model).expanduser().exists() or is_hub_id(model):
+        return model
+    raise ModelLoadError(
+        f"the chat was made with {model}; give it: smolchat {model} --resume {chat_id(path)}"
+    )
 
 
 def _resume_path(config: RunConfig) -> Path | None:

@@ -358,3 +358,49 @@ def test_other_smolchat_variables_are_not_settings(fake, monkeypatch) -> None:
     result = runner.invoke(cli.cli, ["m", "-p", "hi"])
     assert "no such setting" not in result.stderr
     assert result.exit_code == 0, result.stderr
+
+
+# --- --resume without MODEL: the chat's own model ---------------------------------------------
+
+
+def test_resume_without_a_model_loads_the_chats_hub_model(fake, tmp_path: Path) -> None:
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    make_chat(folder, "2026-11-30_hub", "On the hub", model="HuggingFaceTB/SmolLM2-135M-Instruct")
+    result = runner.invoke(cli.cli, ["--transcripts", str(folder), "--resume", "-p", "go on"])
+    assert result.exit_code == 0, result.output
+    assert fake.loaded == ["HuggingFaceTB/SmolLM2-135M-Instruct"]  # type: ignore[attr-defined]
+    given = runner.invoke(cli.cli, ["m", "--transcripts", str(folder), "--resume", "-p", "go"])
+    assert given.exit_code == 0 and fake.loaded[-1] == "m"  # type: ignore[attr-defined]
+
+
+def test_resume_without_a_model_uses_the_recorded_full_path(fake, tmp_path: Path) -> None:
+    from smolchat.chat.transcript import read_transcript
+
+    gguf = tmp_path / "models" / "tiny.Q4_1.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF")  # the fake loader never opens it
+    folder = tmp_path / "chats"
+    first = runner.invoke(cli.cli, [str(gguf), "--transcripts", str(folder), "-p", "remember lima"])
+    assert first.exit_code == 0, first.output
+    entry = ChatLibrary(folder).entries()[0]
+    assert read_transcript(entry.path).extra["model_path"] == str(gguf.resolve())
+    again = runner.invoke(
+        cli.cli, ["--transcripts", str(folder), "--resume", entry.id, "-p", "go on"]
+    )
+    assert again.exit_code == 0, again.output
+    assert fake.loaded[-1] == str(gguf.resolve())  # type: ignore[attr-defined]
+
+
+def test_resume_without_a_model_a_lost_file_name_is_one_line(fake, tmp_path: Path) -> None:
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    make_chat(folder, "2026-11-30_old", "Older chat", model="SmolLM2-135M-Instruct.Q4_1.gguf")
+    entry = ChatLibrary(folder).entries()[0]
+    result = runner.invoke(cli.cli, ["--transcripts", str(folder), "--resume", "-p", "go on"])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "smolchat: error: the chat was made with SmolLM2-135M-Instruct.Q4_1.gguf; give it: "
+        f"smolchat SmolLM2-135M-Instruct.Q4_1.gguf --resume {entry.id}\n"
+    )
+    assert fake.loaded == []  # type: ignore[attr-defined]

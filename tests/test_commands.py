@@ -459,3 +459,59 @@ def test_chats_lists_the_library_and_asks_the_ui_to_open_it(session, tmp_path) -
     assert "remember lima (1)" in listed.message
     found = run_command(session, "/chats LIMA")
     assert found.effect == OpenChats("LIMA") and "remember lima:" in found.message
+
+
+# --- a model whose chat template has no thinking mode (SmolLM2's plain ChatML) -----------------
+
+
+@pytest.fixture(scope="module")
+def plain_engine(tmp_path_factory):
+    from tests.tiny import CHATML_TEMPLATE, build_smollm3, build_tokenizer
+
+    folder = build_smollm3(tmp_path_factory.mktemp("tiny-chatml"))
+    build_tokenizer(folder, chat_template=CHATML_TEMPLATE)  # no enable_thinking in it
+    return smolchat.load(str(folder), device="cpu", dtype="float32")
+
+
+@pytest.fixture
+def plain(plain_engine, tmp_path: Path) -> ChatSession:
+    plain_engine.reset_cache()
+    settings = ChatSettings(sampling=SamplingParams(temperature=0.0), max_new_tokens=4)
+    session = ChatSession(plain_engine, settings=settings, store=TranscriptStore(tmp_path / "t"))
+    assert not session.backend.has_thinking_mode
+    return session
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "/think",
+        "/no_think",
+        "/NO-THINK",
+        "/set thinking off",
+        "/set thinking",
+        "/set thinking=on",
+        "/set thinking_budget 100",
+        "/set budget 5",
+    ],
+)
+def test_thinking_commands_are_refused_without_a_thinking_mode(plain, line) -> None:
+    refused(plain, line, r"^this model has no thinking mode \(its chat template has none\)$")
+
+
+def test_set_lists_no_thinking_rows_without_a_thinking_mode(plain, session) -> None:
+    table = run_command(plain, "/set").message
+    assert "| temperature |" in table
+    assert "| thinking " not in table and "thinking_budget" not in table
+    assert "| thinking | on |" in run_command(session, "/set").message  # SmolLM3's template
+
+
+def test_the_transcript_does_not_claim_thinking_without_a_thinking_mode(plain) -> None:
+    from smolchat.chat.transcript import read_transcript
+
+    chat(plain, "hello")
+    path = plain.save()
+    text = path.read_text(encoding="utf-8")
+    assert "**Thinking:**" not in text
+    assert "thinking" not in read_transcript(path).settings
+    assert "**Settings:**" in text  # the sampling settings are still written

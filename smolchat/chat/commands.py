@@ -57,6 +57,7 @@ from smolchat.chat.format import context_use, finish_note
 from smolchat.chat.session import MIN_REPLY_ROOM, ChatSession
 from smolchat.chat.settings import (
     SETTINGS,
+    THINKING_SETTINGS,
     find_setting,
     settings_table,
     show_value,
@@ -381,8 +382,18 @@ def _cmd_system(session: ChatSession, args: str) -> CommandResult:
     return CommandResult(f"System prompt set ({tokens} tokens).{_thinking_note(session)}")
 
 
+NO_THINKING_MODE = "this model has no thinking mode (its chat template has none)"
+
+
+def _need_thinking_mode(session: ChatSession) -> None:
+    """CommandError unless the backend's chat template has a thinking mode."""
+    if not session.backend.has_thinking_mode:
+        raise CommandError(NO_THINKING_MODE)
+
+
 @command("think", "/think", "thinking mode on: the model reasons before it answers")
 def _cmd_think(session: ChatSession, args: str) -> CommandResult:
+    _need_thinking_mode(session)
     no_args("think", args, "; to think for one message only, end the message with /think")
     session.settings.thinking = True
     return CommandResult("Thinking on for the next turns." + _thinking_note(session))
@@ -390,6 +401,7 @@ def _cmd_think(session: ChatSession, args: str) -> CommandResult:
 
 @command("no_think", "/no_think", "thinking mode off: the model answers directly")
 def _cmd_no_think(session: ChatSession, args: str) -> CommandResult:
+    _need_thinking_mode(session)
     no_args("no_think", args, "; to skip thinking for one message, end it with /no_think")
     session.settings.thinking = False
     return CommandResult("Thinking off for the next turns." + _thinking_note(session))
@@ -404,13 +416,16 @@ def _cmd_no_think(session: ChatSession, args: str) -> CommandResult:
 def _cmd_set(session: ChatSession, args: str) -> CommandResult:
     limit = session.context_limit()
     if not args:
-        return CommandResult(settings_table(session.settings, limit))
+        thinking = session.backend.has_thinking_mode
+        return CommandResult(settings_table(session.settings, limit, thinking=thinking))
     if "=" in args.split()[0]:
         args = args.replace("=", " ", 1)
     parts = args.split()
     if not parts:
         raise CommandError("usage: /set NAME VALUE (or /set alone to show the settings)")
     spec = find_setting(parts[0])
+    if spec.name in THINKING_SETTINGS:
+        _need_thinking_mode(session)
     if len(parts) == 1:
         shown = show_value(spec.get(session.settings))
         return CommandResult(f"{spec.name} = {shown} ({spec.allowed(limit)})")

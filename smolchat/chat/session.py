@@ -32,7 +32,7 @@ from smolchat.backend.types import (
     error_line,
 )
 from smolchat.chat.events import ChatEvent, TurnFinished
-from smolchat.chat.settings import ChatSettings, sampling_from_defaults
+from smolchat.chat.settings import THINKING_SETTINGS, ChatSettings, sampling_from_defaults
 from smolchat.chat.text import valid_text
 from smolchat.chat.thinking import effective_thinking, resolve_thinking
 from smolchat.chat.transcript import (
@@ -48,6 +48,9 @@ from smolchat.chat.turns import Reply, Turn, UserTurn, from_record, to_record
 from smolchat.errors import CommandError, SmolchatError, TemplateError, TranscriptError
 
 __all__ = ["MIN_REPLY_ROOM", "ChatSession", "ChatSettings", "error_line"]
+
+
+MODEL_PATH = "model_path"  # the transcript extra naming the local model's full path
 
 
 def _now() -> datetime:
@@ -84,6 +87,9 @@ class ChatSession:
         self.last_stats: GenerationStats | None = None
         self.busy = False
         self.extra: dict[str, Any] = {}  # other transcript data kept across load/save (title)
+        # the local model's full path (a .gguf file or a folder), recorded in the transcript's
+        # extra as "model_path" so that --resume without MODEL finds it; "" for a hub model
+        self.model_path = ""
         self.transcript_path: Path | None = None  # where this conversation is autosaved
         self.autosave_error: str | None = None  # the last autosave failure (one line), if any
         self.started = _now()  # conversation start: names the autosave file
@@ -378,13 +384,17 @@ class ChatSession:
 
     # --- transcripts -------------------------------------------------------------------
     def to_transcript(self) -> Transcript:
+        settings = self.settings.to_dict()
+        if not self.backend.has_thinking_mode:  # no "Thinking: on" for a template without it
+            for name in THINKING_SETTINGS:
+                settings.pop(name, None)
         return Transcript(
             messages=[to_record(m) for m in self.messages],
             system_prompt=self.system_prompt,
-            settings=self.settings.to_dict(),
+            settings=settings,
             model=self.backend.model_name,
             created=self.started.isoformat(timespec="seconds"),
-            extra=dict(self.extra),
+            extra={**self.extra, MODEL_PATH: self.model_path} if self.model_path else self.extra,
         )
 
     def _first_user_text(self) -> str:
@@ -456,7 +466,7 @@ class ChatSession:
         self.settings = settings
         self.system_prompt = _normalize_system(data.system_prompt)
         self.messages = [from_record(m) for m in data.messages]
-        self.extra = dict(data.extra)
+        self.extra = {k: v for k, v in data.extra.items() if k != MODEL_PATH}  # ours wins
         self._version += 1
         last = next((m for m in reversed(self.messages) if isinstance(m, Reply)), None)
         self.last_stats = last.stats if last is not None else None

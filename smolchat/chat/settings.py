@@ -252,10 +252,18 @@ def find_setting(word: str) -> Setting:
     raise CommandError(f"unknown setting {word[:40]!r}{hint} (settings: {', '.join(SETTINGS)})")
 
 
-def settings_table(settings: ChatSettings, context_limit: int) -> str:
-    """Every setting as a Markdown table: name, value, allowed values, meaning."""
+THINKING_SETTINGS = frozenset({"thinking", "thinking_budget"})
+
+
+def settings_table(settings: ChatSettings, context_limit: int, *, thinking: bool = True) -> str:
+    """Every setting as a Markdown table: name, value, allowed values, meaning.
+
+    ``thinking=False`` (a model whose chat template has no thinking mode) leaves out the
+    rows of :data:`THINKING_SETTINGS`."""
     rows = ["| setting | value | allowed | meaning |", "|---|---|---|---|"]
     for spec in SETTINGS.values():
+        if not thinking and spec.name in THINKING_SETTINGS:
+            continue
         value = show_value(spec.get(settings))
         rows.append(f"| {spec.name} | {value} | {spec.allowed(context_limit)} | {spec.help} |")
     return "\n".join(rows)

@@ -34,6 +34,11 @@ class ModelSource:
     name: str  # what to show the user
 
 
+def is_hub_id(model: str) -> bool:
+    """True for an ``owner/name`` hub repo id (not a ``.gguf`` file name or a path)."""
+    return bool(_REPO_ID.match(model)) and not model.lower().endswith(".gguf")
+
+
 def resolve(
     model: str, revision: str | None = None, progress: Progress | None = None
 ) -> ModelSource:
