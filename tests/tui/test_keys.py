@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import pytest
 
@@ -421,6 +422,13 @@ async def test_ctrl_t_while_reasoning_stops_thinking_with_the_real_engine(tmp_pa
     config["chat_template"] = THINKING_TEMPLATE
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     engine = smolchat.load(str(folder), device="cpu", dtype="float32")
+    step = engine._step
+
+    def slow_step(token_id: int):  # the tiny model would finish 80 tokens before Ctrl+T lands
+        time.sleep(0.03)
+        return step(token_id)
+
+    engine._step = slow_step  # type: ignore[method-assign]
     app = make_app(engine)  # type: ignore[arg-type]
     async with running(app) as (pilot, notes):
         screen = await chat_screen(pilot)
