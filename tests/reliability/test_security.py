@@ -26,6 +26,7 @@ from smolchat.chat.commands import run_command
 from smolchat.chat.session import ChatSession
 from smolchat.chat.settings import ChatSettings
 from smolchat.chat.template import render_chat_template
+from smolchat.chat.turns import Reply, UserTurn
 from smolchat.engine.types import SamplingParams
 from smolchat.errors import TemplateError
 
@@ -253,10 +254,7 @@ def test_typed_text_never_becomes_control_tokens(engine, monkeypatch, tmp_path: 
             pass
         first_turn = prompts[-1]
         saved = ChatSession(engine, settings=settings, system_prompt=text)
-        saved.messages = [
-            {"role": "user", "content": text},
-            {"role": "assistant", "content": text, "reasoning": text},
-        ]
+        saved.messages = [UserTurn(content=text), Reply(content=text, reasoning=text)]
         path = saved.save(tmp_path / f"{label}.md")
         loaded = ChatSession(engine, settings=settings)
         run_command(loaded, f"/load {path}")
