@@ -16,6 +16,7 @@ import pytest
 from smolchat.chat.commands import HistoryChanged, run_command
 from smolchat.chat.session import ChatSession
 from smolchat.chat.transcript import TranscriptStore, read_transcript
+from smolchat.chat.turns import to_record
 from tests.reliability.helpers import HAVE_TMUX, quiet_vars, smolchat_command, terminal, wait_until
 from tests.tui.fake_engine import FakeEngine
 
@@ -102,7 +103,7 @@ def test_typeahead_resize_stop_and_sigkill(smollm2_gguf: Path, tmp_path: Path) -
     session = ChatSession(FakeEngine())
     result = run_command(session, f"/load {latest}")
     assert result.effect == HistoryChanged() and re.search(r"Loaded 2 turns", result.message)
-    assert session.messages == data.messages
+    assert [to_record(m) for m in session.messages] == data.messages
     for _ in session.send("And the capital of Italy?"):
         pass
     assert len(session.messages) == 6
