@@ -13,6 +13,7 @@ Usage::
 
     python benchmarks/make_q4km_gguf.py /tmp/smollm3-3b-shape.Q4_K_M.gguf
     python benchmarks/make_q4km_gguf.py /tmp/smollm2-shape.Q4_1.gguf --shape smollm2-135m --q4-1
+    python benchmarks/make_q4km_gguf.py /tmp/smollm3-3b-shape.F16.gguf --f16   # for llama-quantize
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def main() -> None:
     ap.add_argument(
         "--q4-1", action="store_true", help="SmolLM2's file types instead: Q4_1, Q8_0 table"
     )
+    ap.add_argument(
+        "--f16", action="store_true", help="every matrix F16 (random, std 0.02), to quantize"
+    )
     args = ap.parse_args()
     V, D, H, KV, F, L = SHAPES[args.shape]
     args.layers = args.layers or L
@@ -76,6 +80,8 @@ def main() -> None:
     w.add_layer_norm_rms_eps(1e-6)
     w.add_vocab_size(V)
     kind = gguf.LlamaFileType.MOSTLY_Q4_1 if args.q4_1 else gguf.LlamaFileType.MOSTLY_Q4_K_M
+    if args.f16:
+        kind = gguf.LlamaFileType.MOSTLY_F16
     w.add_file_type(kind)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("llama-bpe")
@@ -87,6 +93,11 @@ def main() -> None:
     w.add_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")
 
     def add(name: str, qtype: T, rows: int, cols: int) -> None:
+        if args.f16:
+            w.add_tensor(
+                name, (rng.standard_normal((rows, cols), np.float32) * 0.02).astype(np.float16)
+            )
+            return
         w.add_tensor(name, blocks(qtype, rows, cols, rng), raw_dtype=qtype)
 
     low = T.Q4_1 if args.q4_1 else T.Q4_K

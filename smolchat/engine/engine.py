@@ -155,7 +155,9 @@ class Engine:
         t0 = time.perf_counter()
 
         logits = self._prefill(ids, stats)
-        sample = make_sampler(sampling, self.device)
+        # the fast decoder's generator: the first token is drawn here, the rest in its step
+        gen = self.fast.generator() if self.fast is not None else None
+        sample = make_sampler(sampling, self.device, generator=gen)
         seen = None
         if sampling.repetition_penalty != 1.0:
             seen = torch.tensor(ids, dtype=torch.long, device=self.device)
@@ -164,6 +166,7 @@ class Engine:
             try:
                 self.cache.ensure_capacity(self.cache.length + 1)
                 self.fast.start(self.cache.length)
+                self.fast.set_sampling(sampling, seen)
                 self.fast.prepare()  # compile/capture now, so failures fall back cleanly
                 tokens = self._fast_tokens(logits, sample, seen, sampling, max_new_tokens)
             except torch.OutOfMemoryError:
@@ -232,7 +235,7 @@ class Engine:
         """
         fast = self.fast
         assert fast is not None
-        in_graph_argmax = sampling.greedy and seen is None
+        in_step = fast.set_sampling(sampling, seen)  # the step picks the next token itself
         pos = self.cache.length
         fast.start(pos)
         token = sample(logits, seen)
@@ -253,7 +256,9 @@ class Engine:
             if seen is not None:
                 seen = torch.cat([seen, token.view(1)])
             assert fast.logits is not None
-            token = fast.tok if in_graph_argmax else sample(fast.logits[0], seen)
+            if in_step and fast.sample_in_graph_failed:  # capture failed: sample here
+                in_step = False
+            token = fast.tok if in_step else sample(fast.logits[0], seen)
 
     def _prefill(self, ids: list[int], stats: GenerationStats) -> torch.Tensor:
         """Run the ids the cache lacks; return the logits (V,) of the last position."""

@@ -35,6 +35,7 @@ Three ways to fill the step (``FastDecoder.kernels``), best first:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -46,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from smolchat.engine.sampling import apply_repetition_penalty_mask, pick
+from smolchat.engine.types import SamplingParams
 from smolchat.model.cache import KVCache
 from smolchat.model.network import CausalLM, DecoderLayer
 from smolchat.model.rope import apply_rotary
@@ -318,9 +321,14 @@ class FastDecoder:
         self._event = torch.cuda.Event() if self.graphs else None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None  # (1, V), valid after a replay
-        self._key: tuple[int, int] | None = None
+        self._key: tuple | None = None
         self._pool: torch.cuda._POOL_HANDLE | None = None  # the graphs' shared memory pool
         self.failed: str | None = None
+        # sampling inside the step (None: the greedy argmax); its generator and seen-ids mask
+        self.sampling: SamplingParams | None = None
+        self.sample_in_graph_failed = False
+        self._gen: torch.Generator | None = None
+        self.seen: torch.Tensor | None = None  # (V,) bool, with a repetition penalty
         self._tuned = False
         self.tuning: dict[str, tuple] = {}  # matvec -> (config, seconds) on this GPU
         self.tuning_cached = False  # every choice came from the on-disk cache
@@ -342,6 +350,7 @@ class FastDecoder:
     def _body(self) -> torch.Tensor:
         if self.kernels == "triton":
             return self._body_triton()
+        self._mark_seen()
         x = F.embedding(self.tok, self.model.model.embed_tokens.weight)  # (1, C)
         inv_freq = self.model.rotary.inv_freq
         for i, (w, consts) in enumerate(zip(self.layer_weights, self.layer_consts, strict=True)):
@@ -362,15 +371,33 @@ class FastDecoder:
             )  # (H * hd,)
             x = self._post_fn(x, y.view(1, -1), w, self.eps, consts[3])
         logits, nxt = self._head_fn(x, self.model.model.norm.weight, self.eps, self.head)
-        self.tok.copy_(nxt)
+        if self.sampling is None:
+            self.tok.copy_(nxt)
+        else:
+            self._pick(logits.view(-1))
         self.pos.add_(1)
         return logits
+
+    def _mark_seen(self) -> None:
+        """The step's input token joins the ids the repetition penalty sees."""
+        if self.sampling is not None and self.seen is not None:
+            self.seen.index_fill_(0, self.tok, True)
+
+    def _pick(self, logits: torch.Tensor) -> None:
+        """Sample the next token from ``logits`` (V,) into ``tok``, as the engine's sampler."""
+        p = self.sampling
+        assert p is not None
+        scores = logits.float()
+        if self.seen is not None:
+            scores = apply_repetition_penalty_mask(scores, self.seen, p.repetition_penalty)
+        self.tok.copy_(pick(scores, p, self._gen).view(1))
 
     def _body_triton(self) -> torch.Tensor:
         from smolchat.engine.kernels import argmax, gemv, matvec
 
         assert self.att is not None  # the Triton body runs only with Triton attention
         eps, inv_freq = self.eps, self.model.rotary.inv_freq
+        self._mark_seen()
         x = F.embedding(self.tok, self.model.model.embed_tokens.weight)[0]  # (C,), updated in place
         for i, (w, consts) in enumerate(zip(self.triton_weights, self.layer_consts, strict=True)):
             ln1, qkv_w, o_w, ln2, gu_w, down_w = w
@@ -389,7 +416,10 @@ class FastDecoder:
             a = matvec(x, gu_w, norm=ln2, eps=eps, gated=True)
             matvec(a, down_w, res=x, out=x)
         logits = gemv(x, self.head[1], norm=self.model.model.norm.weight, eps=eps)
-        argmax(logits, self.tok)
+        if self.sampling is None:
+            argmax(logits, self.tok)
+        else:
+            self._pick(logits)
         self.pos.add_(1)
         return logits.view(1, -1)
 
@@ -445,6 +475,8 @@ class FastDecoder:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
+        if self.sampling is not None and not self.sampling.greedy:
+            graph.register_generator_state(self.generator())  # replays continue its stream
         with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             logits = self._body()
         torch.cuda.synchronize(self.device)
@@ -453,8 +485,9 @@ class FastDecoder:
         self.captures.append((self.cache.capacity, time.perf_counter() - t0))
         self.timings.setdefault("first_capture_s", time.perf_counter() - t0)
 
-    def _cache_key(self) -> tuple[int, int]:
-        return (self.cache.capacity, self.cache.k[0].data_ptr() if self.cache.k else 0)
+    def _cache_key(self) -> tuple:
+        ptr = self.cache.k[0].data_ptr() if self.cache.k else 0
+        return (self.cache.capacity, ptr, self.sampling)
 
     def prepare(self) -> None:
         """Capture (and on first use compile) for the cache's current bucket if needed.
@@ -469,6 +502,10 @@ class FastDecoder:
         except torch.OutOfMemoryError:
             raise
         except Exception as exc:  # compiler or capture trouble: degrade, never break decoding
+            if self.sampling is not None:  # keep the kernels; the engine samples on the host
+                log.warning("sampling inside the CUDA graph failed (%s); sampling outside", exc)
+                self.sampling, self.sample_in_graph_failed = None, True
+                return self.prepare()
             if self.kernels == "triton":
                 log.warning("Triton decode kernels failed (%s); using Inductor", exc)
                 self.kernels = "inductor" if self.compile else "eager"
@@ -487,6 +524,33 @@ class FastDecoder:
             self._capture()
 
     # --- the host loop's verbs ----------------------------------------------------------
+    def generator(self) -> torch.Generator:
+        """The generator sampling inside the step draws from (the engine seeds it)."""
+        if self._gen is None:
+            self._gen = torch.Generator(device=self.device)
+        return self._gen
+
+    def set_sampling(self, p: SamplingParams, seen: torch.Tensor | None) -> bool:
+        """Sample inside the step with ``p`` from now on (greedy without a penalty: the
+        argmax); ``seen``: ids (device, long) the repetition penalty starts from. Returns
+        whether the step samples (False: the caller samples the logits itself). A change of
+        settings (not of the seed) captures again (milliseconds)."""
+        want: SamplingParams | None = dataclasses.replace(p, seed=None)
+        if p.greedy and p.repetition_penalty == 1.0:
+            want = None
+        if self.sample_in_graph_failed and want is not None:
+            self.sampling = None
+            return False
+        self.sampling = want
+        if want is not None and want.repetition_penalty != 1.0:
+            if self.seen is None:
+                vocab = self.model.config.vocab_size
+                self.seen = torch.zeros(vocab, dtype=torch.bool, device=self.device)
+            self.seen.zero_()
+            if seen is not None and seen.numel():
+                self.seen.index_fill_(0, seen, True)
+        return True
+
     def start(self, pos: int) -> None:
         """Next replay writes the token at ``pos``."""
         self.pos.fill_(pos)

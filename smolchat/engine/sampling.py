@@ -57,28 +57,53 @@ def scale_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return (logits - logits.max(dim=-1, keepdim=True).values) / temperature
 
 
-def make_sampler(p: SamplingParams, device: torch.device) -> Sampler:
+def apply_repetition_penalty_mask(
+    logits: torch.Tensor, seen: torch.Tensor, penalty: float
+) -> torch.Tensor:
+    """:func:`apply_repetition_penalty` with the seen ids as a bool mask ``(V,)``: the same
+    values, in fixed shapes (so a CUDA graph can hold it while the mask grows)."""
+    if penalty == 1.0:
+        return logits
+    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
+def pick(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None):
+    """The token for penalized float32 logits ``(V,)``: argmax when greedy, else temperature,
+    top-k / top-p / min-p and a draw from ``generator``; an id tensor ``(1,)``. No host sync:
+    the decode step's CUDA graph holds this too."""
+    if p.greedy:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = filter_logits(scale_logits(logits, p.temperature), p)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)
+
+
+def seeded(generator: torch.Generator, p: SamplingParams) -> torch.Generator:
+    """Seed ``generator`` for one generation: ``p.seed``, or fresh entropy when None."""
+    if p.seed is not None:
+        generator.manual_seed(p.seed)
+    else:
+        generator.seed()
+    return generator
+
+
+def make_sampler(
+    p: SamplingParams, device: torch.device, generator: torch.Generator | None = None
+) -> Sampler:
     """Return ``sample(logits (V,), seen_ids | None) -> id tensor (1,)``.
 
     Never NaN for any settings :class:`SamplingParams` accepts: temperatures below
     ``GREEDY_BELOW`` decode greedily, and the scaled logits are always finite at the top.
+    ``generator`` (on ``device``): draw from this one (seeded here), e.g. the fast decoder's,
+    whose CUDA graph then continues the same random stream.
     """
-    generator = None
     if not p.greedy:
-        generator = torch.Generator(device=device)
-        if p.seed is not None:
-            generator.manual_seed(p.seed)
-        else:
-            generator.seed()
+        generator = seeded(generator or torch.Generator(device=device), p)
 
     def sample(logits: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
         logits = logits.float()
         if seen is not None:
             logits = apply_repetition_penalty(logits, seen, p.repetition_penalty)
-        if p.greedy:
-            return logits.argmax(dim=-1, keepdim=True)
-        logits = filter_logits(scale_logits(logits, p.temperature), p)
-        probs = torch.softmax(logits, dim=-1)
-        return torch.multinomial(probs, 1, generator=generator)
+        return pick(logits, p, generator)
 
     return sample
