@@ -466,11 +466,15 @@ class FastDecoder:
         tok, pos = self.tok.clone(), self.pos.clone()
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):  # compiles on first use; writes K/V only at pos (not yet valid)
-                self._body()
-                self.tok.copy_(tok)
-                self.pos.copy_(pos)
+        sampling, self.sampling = self.sampling, None  # warm-ups draw nothing: the seeded
+        try:  # stream stays the one the engine's first token started
+            with torch.cuda.stream(side):
+                for _ in range(2):  # compiles on first use; K/V only at pos (not yet valid)
+                    self._body()
+                    self.tok.copy_(tok)
+                    self.pos.copy_(pos)
+        finally:
+            self.sampling = sampling
         torch.cuda.current_stream(self.device).wait_stream(side)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()

@@ -36,7 +36,7 @@ def filter_logits(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
         cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
         # drop a token when the mass before it already reaches top_p (the top one always stays)
         drop = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= p.top_p
-        drop[..., 0] = False
+        drop[..., 0].fill_(False)  # (a kernel, not a host copy: CUDA graphs hold this)
         logits = logits.masked_fill(drop.scatter(-1, order, drop), neg_inf)
     if p.min_p > 0.0:
         probs = torch.softmax(logits, dim=-1)
