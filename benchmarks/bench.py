@@ -17,6 +17,12 @@ as it ends, so a run cut short keeps what it measured):
 - ``hf``: transformers eager (dynamic cache): prefill, decode, follow-up TTFT, memory.
 - ``hf_nf4``: transformers + bitsandbytes NF4 (double quant, bf16 compute): decode, memory.
 - ``hf_static``: transformers, ``cache_implementation="static"`` (auto torch.compile): decode.
+- ``llamacpp``: llama.cpp's ``llama-bench`` (``--llama-bench PATH``; its folder is the library
+  path) on GGUF files with the same shapes (``--llama-gguf A.gguf,B.gguf``; each file's name up
+  to the first dot names its row, e.g. ``F16``, ``Q4_K_M``): ``-ngl 99 -fa 1``, prefill of the
+  same 512-token prompt, decode of the same 256 new tokens after 512 and after 8k tokens of context
+  (``-d``), llama-bench's mean of 3 repetitions. The recipe for the binaries and
+  the files: ``../shared/bench/LLAMACPP.md``.
 
 CPU (``--cpu``): the real SmolLM2-135M-Instruct GGUF dequantized (``exact=True``), smolchat vs
 transformers, float32 and bf16 decode tok/s (and prefill). The quantized CPU path (int4/int8)
@@ -27,6 +33,8 @@ Usage::
     python benchmarks/bench.py --out bench.json                  # GPU, every phase
     python benchmarks/bench.py --phases env,ours,nf4 --out b.json
     python benchmarks/bench.py --cpu --out bench-cpu.json
+    python benchmarks/bench.py --phases env,ours,nf4,llamacpp \\
+        --llama-bench /tmp/llama/bin/llama-bench --llama-gguf /tmp/g/F16.gguf,/tmp/g/Q4_K_M.gguf
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import traceback
@@ -890,6 +899,37 @@ def cpu_hf_decode(model, ids: list[int], new: int) -> float:
 # --- report ----------------------------------------------------------------------------------
 
 
+def llama_bench_rows(exe: Path, gguf: Path, extra: list[str]) -> list[dict[str, Any]]:
+    """One ``llama-bench -o json`` run on the GPU: its result rows (n_prompt, n_gen, n_depth,
+    avg_ts = mean tokens/s over the repetitions)."""
+    env = dict(os.environ, LD_LIBRARY_PATH=str(exe.parent))
+    cmd = [str(exe), "-m", str(gguf), "-ngl", "99", "-fa", "1", "-r", "3", "-o", "json", *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"llama-bench failed ({proc.returncode}): {proc.stderr[-400:]}")
+    return json.loads(proc.stdout)
+
+
+def phase_llamacpp(res: Results, folder: Path, args) -> None:
+    """llama.cpp on GGUF files with the same shapes: prefill of PROMPT tokens, decode of NEW
+    tokens after a PROMPT-token context and after an 8k one (llama-bench ``-d``), as ours."""
+    if not args.llama_bench or not args.llama_gguf:
+        raise RuntimeError("the llamacpp phase needs --llama-bench PATH and --llama-gguf FILES")
+    exe = Path(args.llama_bench).expanduser()
+    for name in args.llama_gguf.split(","):
+        gguf = Path(name).expanduser()
+        label = "llamacpp_" + gguf.name.split(".")[0]
+        out: dict[str, Any] = {"file_gib": gib(gguf.stat().st_size)}
+        for row in llama_bench_rows(exe, gguf, ["-p", str(PROMPT), "-n", "0"]):
+            out[f"prefill_{row['n_prompt']}_tok_s"] = round(float(row["avg_ts"]), 1)
+        depths = f"{PROMPT},8192"
+        for row in llama_bench_rows(exe, gguf, ["-p", "0", "-n", str(NEW), "-d", depths]):
+            key = "decode_tok_s" if row["n_depth"] == PROMPT else "decode_after_8k_tok_s"
+            out[key] = round(float(row["avg_ts"]), 1)
+        res.put(label, out)
+        log(f"{label}: {res.data[label]}")
+
+
 def table(data: dict[str, Any]) -> str:
     env = data.get("env", {})
     head = (
@@ -906,7 +946,7 @@ def table(data: dict[str, Any]) -> str:
         )
     order = ("ours", "ours_inductor", "hf", "hf_static", "nf4", "hf_nf4")
     systems = [k for k in order if k in data]
-    systems += [k for k in data if k.startswith(("ours_", "hf_")) and k not in systems]
+    systems += [k for k in data if k.startswith(("ours_", "hf_", "llamacpp_")) and k not in systems]
     keys: list[str] = []
     for s in systems:
         for k, v in data[s].items():
@@ -942,6 +982,8 @@ def main() -> None:
     ap.add_argument("--hf-nf4-new", type=int, default=NEW)
     ap.add_argument("--no-compile-variant", action="store_true")
     ap.add_argument("--profile", action="store_true", help="kernel times of our decode step")
+    ap.add_argument("--llama-bench", default=None, help="llamacpp phase: llama-bench's path")
+    ap.add_argument("--llama-gguf", default=None, help="llamacpp phase: GGUF paths, a,b")
     ap.add_argument(
         "--smoke", action="store_true", help="a tiny shape and short lengths (checks the script)"
     )
@@ -983,6 +1025,7 @@ def main() -> None:
         "hf": phase_hf,
         "hf_nf4": phase_hf_nf4,
         "hf_static": phase_hf_static,
+        "llamacpp": phase_llamacpp,
     }
     for name in phases:
         if name == "env":

@@ -48,8 +48,21 @@ def model_folder(name: str, work: Path) -> str:
         build_checkpoint(folder, SMOLLM3_3B)
         if not (folder / "tokenizer.json").exists():
             build_tokenizer(folder)
+            fill_vocabulary(folder / "tokenizer.json", SMOLLM3_3B["vocab_size"])
         return str(folder)
     return name
+
+
+def fill_vocabulary(path: Path, size: int) -> None:
+    """Give every id of the 3B shape's vocabulary a text (placeholder words ``" w{i}"``): the
+    small test tokenizer has a few hundred, and random weights pick ids across all of them, so
+    a reply of ids with no text would have no first token to time."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(path))
+    missing = size - tok.get_vocab_size()
+    tok.add_tokens([f" w{i}" for i in range(missing)])
+    tok.save(str(path))
 
 
 def prompt_text(words: int) -> str:
