@@ -671,13 +671,19 @@ def serve_mode(
     return ExitCode.OK
 
 
+MODEL_COLUMN = 24  # cells of the model name in ``smolchat chats``; a longer one ends in …
+
+
 def _chat_line(entry: ChatEntry) -> str:
     """``2026-12-01 07:30  3f2a1bc   3 exchanges  SmolLM3-3B  title``."""
-    model = entry.model.rstrip("/").rsplit("/", 1)[-1] or "?"
+    from rich.text import Text
+
+    model = Text(entry.model.rstrip("/").rsplit("/", 1)[-1] or "?")
+    model.truncate(MODEL_COLUMN, overflow="ellipsis", pad=True)  # in cells: wide letters count 2
     n = entry.exchanges
     exchanges = f"{n:>3} exchange{'s' if n != 1 else ' '}"
     when = entry.updated.strftime("%Y-%m-%d %H:%M")
-    return f"{when}  {entry.id}  {exchanges}  {model[:24]:<24}  {entry.title}"
+    return f"{when}  {entry.id}  {exchanges}  {model.plain}  {entry.title}"
 
 
 def read_stdin() -> str:

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from rich.cells import cell_len
 from typer.testing import CliRunner
 
 from smolchat import cli
@@ -72,6 +73,21 @@ def test_chats_lists_newest_first_one_line_each(chats: Path) -> None:
     assert "2 exchanges" in lines[1] and "1 exchange " in lines[0] and "SmolLM3-3B" in lines[0]
     limited = runner.invoke(cli.cli, ["chats", "--transcripts", str(chats), "--limit", "1"])
     assert len(limited.stdout.splitlines()) == 1
+
+
+def test_chats_ends_a_cut_model_name_with_an_ellipsis(tmp_path: Path) -> None:
+    long_name = "SmolLM2-135M-Instruct.Q4_1-with-a-long-suffix.gguf"
+    make_chat(tmp_path, "2026-11-30_long", "Long model", model=f"/models/{long_name}")
+    make_chat(tmp_path, "2026-11-30_wide", "Wide model", model="模型" * 20, age_s=50)
+    result = runner.invoke(cli.cli, ["chats", "--transcripts", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    long_line, wide_line = result.stdout.splitlines()
+    assert f"  {long_name[:23]}…  Long model" in long_line  # 24 cells, the last one …
+    assert long_name not in long_line
+    # cut in cells (each of these letters takes two): 11 of them fill 22 of the 24 cells, a
+    # space and the ellipsis the last two; the titles still line up on a terminal
+    assert f"  {'模型' * 5}模 …  Wide model" in wide_line
+    assert cell_len(long_line.split("Long model")[0]) == cell_len(wide_line.split("Wide model")[0])
 
 
 def test_chats_json_and_search_in_replies_and_reasoning(chats: Path) -> None:
