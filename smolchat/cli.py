@@ -388,15 +388,14 @@ def chat(
         hint = f"--{name.replace('_', '-')}" if name else None
         raise typer.BadParameter(str(error), param_hint=hint) from None
     try:
-        effective = effective_settings(command_line)
+        effective = effective_settings(command_line, lenient=print_config)
     except SmolchatError as error:
         if debug:
             traceback.print_exc()
         _error_line(str(error))
         raise typer.Exit(1) from None
     if print_config:
-        _print_config(effective)
-        raise typer.Exit(0)
+        raise typer.Exit(_print_config(effective))
     config = run_config(effective)
     if config.server is not None:
         local_only = {"--device": device, "--dtype": dtype, "--quantize": quantize}
@@ -436,18 +435,27 @@ def chat(
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed")
 
 
-def effective_settings(command_line: dict[str, Any]) -> Effective:
-    """Command line > SMOLCHAT_* > preset > config file; a theme from a file is checked here."""
+def effective_settings(command_line: dict[str, Any], *, lenient: bool = False) -> Effective:
+    """Command line > SMOLCHAT_* > preset > config file; a theme from a file is checked here.
+
+    Raises SettingsError (one line) for a bad file, key, value or variable; ``lenient`` (the
+    commands that must work while the config has a typo): that setting is left out and its
+    line goes to ``Effective.problems``.
+    """
     from smolchat.chat.config import SettingsError, resolve
     from smolchat.tui.themes import available_themes
 
-    effective = resolve(command_line)
+    effective = resolve(command_line, lenient=lenient)
     theme = effective.get("theme")
     if theme is not None and theme not in available_themes():
-        raise SettingsError(
+        error = SettingsError(
             f"{effective.sources['theme']}: unknown theme {theme!r}; "
             f"themes: {', '.join(available_themes())}"
         )
+        if not lenient:
+            raise error
+        effective.problems.append(str(error))
+        del effective.values["theme"], effective.sources["theme"]
     return effective
 
 
@@ -477,10 +485,14 @@ def run_config(effective: Effective) -> RunConfig:
     )
 
 
-def _print_config(effective: Effective) -> None:
+def _print_config(effective: Effective) -> int:
+    """Print the settings in force; the exit status (1 when a setting had to be left out)."""
     config = effective.config
     if config is not None:
         state = "" if config.exists else " (not found: the built-in defaults)"
+        if effective.problems:
+            n = len(effective.problems)
+            state = f" ({n} problem{'s' if n != 1 else ''}: left out below, see stderr)"
         typer.echo(f"config file: {config.path}{state}")
         if config.presets:
             typer.echo(f"presets: {', '.join(config.presets)}")
@@ -490,6 +502,9 @@ def _print_config(effective: Effective) -> None:
     for key, value, source in rows:
         shown_value = value if len(value) <= 40 else value[:39] + "…"
         typer.echo(f"{key:<{width}}  {shown_value:<{value_width}}  {source}")
+    for problem in effective.problems:
+        _error_line(f"{problem} (left out above; fix it: a chat does not start until then)")
+    return ExitCode.ERROR if effective.problems else ExitCode.OK
 
 
 @subcommand(
@@ -497,11 +512,11 @@ def _print_config(effective: Effective) -> None:
 )
 def config_command() -> None:
     try:
-        effective = effective_settings({})
+        effective = effective_settings({}, lenient=True)
     except SmolchatError as error:
         _error_line(str(error))
         raise typer.Exit(1) from None
-    _print_config(effective)
+    raise typer.Exit(_print_config(effective))
 
 
 @subcommand("chats", "The saved conversations, newest first: list, search, delete, restore.")
@@ -528,7 +543,10 @@ def chats_command(
     try:
         folder = transcripts
         if folder is None:
-            folder = effective_settings({}).get("transcripts")
+            effective = effective_settings({}, lenient=True)
+            for problem in effective.problems:
+                typer.echo(f"smolchat: warning: {problem} (ignored here)", err=True)
+            folder = effective.get("transcripts")
         library = ChatLibrary(folder)
         if delete is not None or restore is not None:
             moved = library.delete(delete) if delete is not None else library.restore(restore or "")

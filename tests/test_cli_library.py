@@ -291,6 +291,77 @@ def test_a_broken_config_is_one_line_naming_file_and_line(
     assert fake.loaded == []  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize(
+    ("bad", "expected"),
+    [
+        ("temprature = 0.2", ":2: unknown key 'temprature'; did you mean 'temperature'?"),
+        ("temperature = 11", ":2: temperature must be between 0.0 and 10.0, got 11.0"),
+        ('theme = "solarized"', ":2): unknown theme 'solarized'; themes: "),
+        ('preset = "nope"', ":2: no preset 'nope'; define one as a [presets.NAME] table"),
+    ],
+)
+def test_a_typo_in_the_config_leaves_chats_and_print_config_working(
+    fake, chats: Path, config_file: Path, bad: str, expected: str
+) -> None:
+    """The newcomer's typo stopped `smolchat chats` and `--print-config` too; now only the
+    chat itself refuses the file (test_a_broken_config_is_one_line_naming_file_and_line)."""
+    config_file.write_text(f'top_p = 0.5\n{bad}\ntranscripts = "{chats}"\n')
+    listed = runner.invoke(cli.cli, ["chats"])
+    assert listed.exit_code == 0, listed.output
+    assert [line.split("  ")[-1] for line in listed.stdout.splitlines()] == [
+        "Newest chat",
+        "Second chat",
+        "Tell me about Peru",
+    ]  # the file's good lines still count: the folder came from it
+    assert listed.stderr.startswith("smolchat: warning: ") and str(config_file) in listed.stderr
+    assert listed.stderr.count("\n") == 1 and expected in listed.stderr
+    for args in (["--print-config"], ["config"]):
+        shown = runner.invoke(cli.cli, args)
+        assert shown.exit_code == 1, shown.output
+        rows = {line.split()[0]: line for line in shown.stdout.splitlines()[1:]}
+        assert rows["top_p"].endswith(f"config file ({config_file}:1)")
+        assert rows["transcripts"].endswith(f"config file ({config_file}:3)")
+        assert "1 problem: left out below" in shown.stdout.splitlines()[0]
+        assert shown.stderr.count("\n") == 1 and "Traceback" not in shown.stderr
+        assert shown.stderr.startswith("smolchat: error: ") and str(config_file) in shown.stderr
+        assert expected in shown.stderr and "fix it" in shown.stderr
+    # the chat itself still refuses it: one line, exit status 1, before loading the model
+    refused = runner.invoke(cli.cli, ["m", "-p", "hi"])
+    assert refused.exit_code == 1 and refused.stderr.count("\n") == 1
+    assert expected in refused.stderr
+    assert fake.loaded == []  # type: ignore[attr-defined]
+
+
+def test_a_config_that_is_no_toml_leaves_chats_and_print_config_working(
+    config_file: Path, monkeypatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    config_file.write_text("temperature = \n")
+    listed = runner.invoke(cli.cli, ["chats"])
+    assert listed.exit_code == 0, listed.output
+    warning, nothing = listed.stderr.splitlines()
+    assert warning.startswith(f"smolchat: warning: {config_file}:1: invalid value; fix the TOML")
+    assert nothing.startswith("no saved chats in ")
+    shown = runner.invoke(cli.cli, ["--print-config", "--temperature", "0.1"])
+    assert shown.exit_code == 1
+    assert "temperature" in shown.stdout and "command line" in shown.stdout
+    assert shown.stderr.count("\n") == 1 and ":1: invalid value; fix the TOML" in shown.stderr
+
+
+def test_a_bad_variable_leaves_chats_and_print_config_working(chats: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SMOLCHAT_TOP_K", "many")
+    monkeypatch.setenv("SMOLCHAT_TRANSCRIPTS", str(chats))
+    listed = runner.invoke(cli.cli, ["chats"])
+    assert listed.exit_code == 0 and len(listed.stdout.splitlines()) == 3
+    assert listed.stderr == (
+        "smolchat: warning: environment variable SMOLCHAT_TOP_K='many': "
+        "must be a whole number, got 'many' (ignored here)\n"
+    )
+    shown = runner.invoke(cli.cli, ["config"])
+    assert shown.exit_code == 1 and "environment (SMOLCHAT_TRANSCRIPTS)" in shown.stdout
+    assert shown.stderr.count("\n") == 1 and "SMOLCHAT_TOP_K='many'" in shown.stderr
+
+
 def test_a_bad_environment_variable_is_one_line(fake, monkeypatch) -> None:
     monkeypatch.setenv("SMOLCHAT_TEMPRATURE", "0.2")
     result = runner.invoke(cli.cli, ["m", "-p", "hi"])

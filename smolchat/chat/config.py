@@ -19,7 +19,9 @@ level, then the model's own defaults (its generation_config). A resumed chat kee
 settings unless an option is given on the command line.
 
 A bad file, key or value raises :class:`SettingsError` whose message is one line naming the file
-and line (or the variable) and the fix.
+and line (or the variable) and the fix. ``lenient=True`` (``smolchat config`` and ``smolchat
+chats``, which must work while the file has a typo) leaves each such key out instead and keeps
+its message in ``problems``.
 """
 
 from __future__ import annotations
@@ -236,6 +238,13 @@ class ConfigFile:
     values: dict[str, Any] = field(default_factory=dict)
     lines: dict[str, int] = field(default_factory=dict)
     presets: dict[str, Preset] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # lenient: each key left out, and why
+
+    def report(self, error: SettingsError, lenient: bool) -> None:
+        """Raise ``error``; ``lenient``: note it in ``problems`` instead (the key is left out)."""
+        if not lenient:
+            raise error
+        self.problems.append(str(error))
 
     def where(self, key: str, preset: str | None = None) -> str:
         lines = self.presets[preset].lines if preset else self.lines
@@ -270,17 +279,52 @@ def _unknown(path: Path, line: int | None, name: str, allowed: tuple[str, ...]) 
     return SettingsError(f"{at}: unknown key {name!r}; {hint}")
 
 
-def load_config(path: Path | None = None) -> ConfigFile:
+def load_config(path: Path | None = None, *, lenient: bool = False) -> ConfigFile:
     """Read and check the config file (``None``: the default one). No file: an empty config.
 
-    Raises SettingsError naming the file, the line and the fix.
+    Raises SettingsError naming the file, the line and the fix. ``lenient``: a bad key, value
+    or preset is left out and a file that cannot be read or parsed reads as empty, each with
+    its message in ``problems``.
     """
     path = default_config_file() if path is None else Path(path).expanduser()
     config = ConfigFile(path)
     try:
+        data, text = _read_toml(config)
+    except SettingsError as error:
+        config.report(error, lenient)
+        return config
+    lines = _key_lines(text)
+    presets = data.pop("presets", {})  # (its tables follow the top-level keys in the file)
+    _read_keys(config, config, data, "", lines, lenient)
+    if not isinstance(presets, dict):
+        line = lines.get(("", "presets"))
+        not_tables = SettingsError(
+            f"{path}:{line}: presets must be tables, e.g. [presets.coder] on its own line"
+        )
+        config.report(not_tables, lenient)
+        presets = {}
+    for pname, table in presets.items():
+        try:
+            config.presets[pname] = _preset(config, pname, table, lines, lenient)
+        except SettingsError as error:
+            config.report(error, lenient)
+    chosen = config.values.get("preset")
+    if chosen is not None and chosen not in config.presets:
+        missing = SettingsError(
+            f"{config.where('preset')}: no preset {chosen!r}; " + _presets_hint(config)
+        )
+        config.report(missing, lenient)
+        del config.values["preset"]
+    return config
+
+
+def _read_toml(config: ConfigFile) -> tuple[dict[str, Any], str]:
+    """The file's TOML table and text (empty for no file); SettingsError if it can't be had."""
+    path = config.path
+    try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        return config
+        return {}, ""
     except OSError as error:
         raise SettingsError(f"{path}: cannot read it ({error.strerror or error})") from None
     config.exists = True
@@ -291,7 +335,7 @@ def load_config(path: Path | None = None) -> ConfigFile:
             f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8"
         ) from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as error:
         message = str(error)
         m = re.search(r"\(at line (\d+), column (\d+)\)", message)
@@ -301,28 +345,6 @@ def load_config(path: Path | None = None) -> ConfigFile:
             f"{at}: {what[0].lower() + what[1:]}; fix the TOML there "
             '(strings need quotes: theme = "nord"; true/false in lower case)'
         ) from None
-    lines = _key_lines(text)
-    for name, value in data.items():
-        line = lines.get(("", name))
-        if name == "presets":
-            if not isinstance(value, dict):
-                raise SettingsError(
-                    f"{path}:{line}: presets must be tables, e.g. [presets.coder] on its own line"
-                )
-            for pname, table in value.items():
-                config.presets[pname] = _preset(path, pname, table, lines)
-            continue
-        if name not in KEYS:
-            raise _unknown(path, line, name, tuple(KEYS) + ("presets",))
-        config.values[name] = _checked(path, line, KEYS[name], value)
-        if line:
-            config.lines[name] = line
-    chosen = config.values.get("preset")
-    if chosen is not None and chosen not in config.presets:
-        raise SettingsError(
-            f"{config.where('preset')}: no preset {chosen!r}; " + _presets_hint(config)
-        )
-    return config
 
 
 def _presets_hint(config: ConfigFile) -> str:
@@ -340,30 +362,55 @@ def _checked(path: Path, line: int | None, key: Key, value: Any) -> Any:
         raise SettingsError(f"{at}: {what}") from None
 
 
-def _preset(path: Path, name: str, table: Any, lines: dict[tuple[str, str], int]) -> Preset:
+def _preset(
+    config: ConfigFile, name: str, table: Any, lines: dict[tuple[str, str], int], lenient: bool
+) -> Preset:
+    path = config.path
     header = lines.get((f"presets.{name}", ""))
     if not isinstance(table, dict):
         at = f"{path}:{lines.get(('presets', name)) or header or ''}".rstrip(":")
         raise SettingsError(f"{at}: preset {name!r} must be a table: [presets.{name}]")
     preset = Preset(name)
-    for key, value in table.items():
-        line = lines.get((f"presets.{name}", key))
-        if key not in PRESET_KEYS:
-            raise _unknown(path, line, key, PRESET_KEYS)
-        preset.values[key] = _checked(path, line, KEYS[key], value)
-        if line:
-            preset.lines[key] = line
+    _read_keys(config, preset, table, f"presets.{name}", lines, lenient)
     return preset
 
 
+def _read_keys(
+    config: ConfigFile,
+    into: ConfigFile | Preset,
+    table: Mapping[str, Any],
+    section: str,
+    lines: dict[tuple[str, str], int],
+    lenient: bool,
+) -> None:
+    """Check the keys of ``table`` (the file's ``section``: "" for the top level, else
+    ``presets.NAME``) into ``into.values``, their line numbers into ``into.lines``. A bad one
+    raises SettingsError (``lenient``: it is left out, its message in ``config.problems``)."""
+    allowed = PRESET_KEYS if isinstance(into, Preset) else (*KEYS, "presets")
+    for key, value in table.items():
+        line = lines.get((section, key))
+        try:
+            if key not in allowed or key not in KEYS:
+                raise _unknown(config.path, line, key, allowed)
+            into.values[key] = _checked(config.path, line, KEYS[key], value)
+        except SettingsError as error:
+            config.report(error, lenient)
+            continue
+        if line:
+            into.lines[key] = line
+
+
 # --- the environment -------------------------------------------------------------------------
-def from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+def from_environment(
+    environ: Mapping[str, str] | None = None, problems: list[str] | None = None
+) -> dict[str, Any]:
     """The settings given as ``SMOLCHAT_*`` variables (empty values ignored).
 
     Other ``SMOLCHAT_*`` variables are switches of other parts (``SMOLCHAT_NO_CUDA_GRAPHS``,
     ``SMOLCHAT_CACHE_DIR``, a test harness's ``SMOLCHAT_CI``...) and are ignored, except a name
     that is a near miss of a setting's (``SMOLCHAT_TEMPRATURE``): that is a typo, and an error.
-    Raises SettingsError for such a typo or a bad value.
+    Raises SettingsError for such a typo or a bad value; given ``problems``, that variable is
+    left out and the message goes there instead.
     """
     environ = os.environ if environ is None else environ
     out: dict[str, Any] = {}
@@ -374,18 +421,23 @@ def from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]
             continue
         name = var[len(ENV_PREFIX) :].lower()
         key = KEYS.get(name)
-        if key is None:
-            close = difflib.get_close_matches(var, names, n=1, cutoff=0.85)
-            if close:
-                raise SettingsError(
-                    f"environment variable {var}: no such setting; did you mean {close[0]}?"
-                )
-            continue
         try:
-            out[name] = parse_value(key, raw, from_text=True)
-        except ValueError as error:
-            what = str(error).removeprefix(f"{name} ")
-            raise SettingsError(f"environment variable {var}={raw!r}: {what}") from None
+            if key is None:
+                close = difflib.get_close_matches(var, names, n=1, cutoff=0.85)
+                if close:
+                    raise SettingsError(
+                        f"environment variable {var}: no such setting; did you mean {close[0]}?"
+                    )
+                continue
+            try:
+                out[name] = parse_value(key, raw, from_text=True)
+            except ValueError as error:
+                what = str(error).removeprefix(f"{name} ")
+                raise SettingsError(f"environment variable {var}={raw!r}: {what}") from None
+        except SettingsError as error:
+            if problems is None:
+                raise
+            problems.append(str(error))
     return out
 
 
@@ -398,6 +450,7 @@ class Effective:
     sources: dict[str, Source] = field(default_factory=dict)
     config: ConfigFile | None = None
     preset: Preset | None = None
+    problems: list[str] = field(default_factory=list)  # lenient: what was left out, and why
 
     def get(self, name: str, default: Any = None) -> Any:
         return self.values.get(name, default)
@@ -442,15 +495,20 @@ def resolve(
     command_line: Mapping[str, Any],
     environ: Mapping[str, str] | None = None,
     config: ConfigFile | None = None,
+    *,
+    lenient: bool = False,
 ) -> Effective:
     """Merge the layers: command line > environment > preset > config file > defaults.
 
     ``command_line``: only the options that were given (values already checked by the CLI).
-    Raises SettingsError for a bad config file, variable or preset name.
+    Raises SettingsError for a bad config file, variable or preset name. ``lenient``: a bad
+    key of the file or a bad variable is left out, its message in ``Effective.problems`` (a
+    preset the command line names must still exist).
     """
-    config = load_config() if config is None else config
-    env = from_environment(environ)
-    out = Effective(config=config)
+    config = load_config(lenient=lenient) if config is None else config
+    problems = list(config.problems)
+    env = from_environment(environ, problems if lenient else None)
+    out = Effective(config=config, problems=problems)
     preset_name: str | None = None
     preset_source = Source(DEFAULT)
     for layer, values, where in (
@@ -464,10 +522,15 @@ def resolve(
     if preset_name is not None:
         out.preset = config.presets.get(preset_name)
         if out.preset is None:
-            raise SettingsError(
+            error = SettingsError(
                 f"no preset {preset_name!r} ({preset_source}); {_presets_hint(config)}"
             )
-        out.values["preset"], out.sources["preset"] = preset_name, preset_source
+            if not lenient or preset_source.layer == COMMAND_LINE:
+                raise error
+            problems.append(str(error))
+            preset_name = None
+        else:
+            out.values["preset"], out.sources["preset"] = preset_name, preset_source
     preset_values = out.preset.values if out.preset else {}
     layers: list[tuple[str, Mapping[str, Any], Callable[[str], str]]] = [
         (COMMAND_LINE, command_line, lambda n: ""),
