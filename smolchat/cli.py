@@ -20,7 +20,7 @@ from typer.core import TyperCommand
 
 from smolchat import __version__
 from smolchat.chat.attachments import DEFAULT_MAX_FILE_KB
-from smolchat.chat.config import Effective
+from smolchat.chat.config import DEFAULT, Effective, Source
 from smolchat.engine.types import SamplingParams
 from smolchat.errors import SamplingError, SmolchatError, is_out_of_memory, out_of_memory_line
 from smolchat.exit_codes import ExitCode
@@ -486,7 +486,9 @@ def run_config(effective: Effective) -> RunConfig:
 
 
 def _print_config(effective: Effective) -> int:
-    """Print the settings in force; the exit status (1 when a setting had to be left out)."""
+    """Print every setting's value in force and its source, one line each (values whole:
+    a long path pushes its source along, the terminal wraps it); the exit status (1 when a
+    setting had to be left out)."""
     config = effective.config
     if config is not None:
         state = "" if config.exists else " (not found: the built-in defaults)"
@@ -496,15 +498,92 @@ def _print_config(effective: Effective) -> int:
         typer.echo(f"config file: {config.path}{state}")
         if config.presets:
             typer.echo(f"presets: {', '.join(config.presets)}")
-    rows = effective.table()
+    rows = effective.table(_defaults(effective))
     width = max(len(k) for k, _, _ in rows)
-    value_width = min(40, max(len(v) for _, v, _ in rows))
+    value_width = max((len(v) for _, v, _ in rows if len(v) <= 40), default=0)
     for key, value, source in rows:
-        shown_value = value if len(value) <= 40 else value[:39] + "…"
-        typer.echo(f"{key:<{width}}  {shown_value:<{value_width}}  {source}")
+        typer.echo(f"{key:<{width}}  {value:<{value_width}}  {source}")
     for problem in effective.problems:
         _error_line(f"{problem} (left out above; fix it: a chat does not start until then)")
     return ExitCode.ERROR if effective.problems else ExitCode.OK
+
+
+def _defaults(effective: Effective) -> dict[str, tuple[Any, Source]]:
+    """What each setting is when nothing sets it, and where that comes from: the model's
+    ``generation_config.json`` (read here for a local folder), else the built-in value."""
+    from smolchat.chat.paths import default_transcripts_dir
+    from smolchat.chat.settings import DEFAULT_MAX_NEW_TOKENS
+    from smolchat.tui.screens.chat import MESSAGE_WIDTH
+    from smolchat.tui.themes import DEFAULT_THEME
+
+    built_in = Source(DEFAULT)
+    server = effective.get("server")
+    out: dict[str, tuple[Any, Source]] = {
+        "model": ("the server's first" if server else DEFAULT_MODEL, built_in),
+        "device": ("auto", built_in),
+        "dtype": ("auto", built_in),
+        "quantize": ("none", built_in),
+        "max_new_tokens": (
+            DEFAULT_MAX_NEW_TOKENS,
+            Source(DEFAULT, f"{ONE_SHOT_MAX_NEW_TOKENS} with -p"),
+        ),
+        "think": (True, built_in),
+        "theme": (DEFAULT_THEME, built_in),
+        "message_width": (MESSAGE_WIDTH, built_in),
+        "transcripts": (default_transcripts_dir(), built_in),
+        "autosave": (True, built_in),
+        "max_file_kb": (DEFAULT_MAX_FILE_KB, built_in),
+    }
+    for name in ("server", "tokenizer", "system", "preset"):
+        out[name] = (None, built_in)
+    params = SamplingParams()
+    model_sets, source = _model_sampling(None if server else effective.get("model", DEFAULT_MODEL))
+    for name in SAMPLING_KEYS:
+        if name in model_sets:
+            out[name] = (model_sets[name], source)
+            continue
+        note = ""
+        if server and name in ("top_k", "min_p", "repetition_penalty"):
+            note = "not sent: the server's own applies"
+        elif source.layer == DEFAULT and name != "seed":
+            note = source.where  # a hub model: its file may set it
+        out[name] = (getattr(params, name), Source(DEFAULT, note))
+    return out
+
+
+def _model_sampling(model: str | None) -> tuple[dict[str, Any], Source]:
+    """The sampling values ``model``'s ``generation_config.json`` sets, and that file as their
+    source: a local folder's, or a hub model's in the local hub cache (no network). ``{}``
+    for a GGUF file or a folder without one; ``{}`` and a note for a hub model not cached."""
+    import json
+
+    from smolchat.chat.settings import sampling_from_defaults
+
+    if model is None:
+        return {}, Source(DEFAULT)
+    path = Path(model).expanduser()
+    if path.is_dir():
+        file = path / "generation_config.json"
+    elif path.exists():
+        return {}, Source(DEFAULT)  # a GGUF file carries no generation config
+    else:
+        from smolchat.model.hub import cached_file, is_hub_id
+
+        found = cached_file(model, "generation_config.json") if is_hub_id(model) else None
+        if found is None:
+            return {}, Source(DEFAULT, "unless generation_config.json sets it")
+        file = found
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none (the built-in values apply), or not JSON
+        return {}, Source(DEFAULT)
+    if not isinstance(data, dict):
+        return {}, Source(DEFAULT)
+    params = sampling_from_defaults(data)
+    given = {n for n in SAMPLING_KEYS if data.get(n) is not None}
+    if data.get("do_sample") is False:
+        given.add("temperature")
+    return {n: getattr(params, n) for n in sorted(given)}, Source("model", str(file))
 
 
 @subcommand(

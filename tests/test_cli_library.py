@@ -259,9 +259,56 @@ def test_print_config_names_each_source(config_file: Path, monkeypatch) -> None:
     assert rows["top_p"].endswith(f"preset (p, {config_file}:4)")
     assert rows["top_k"].endswith("environment (SMOLCHAT_TOP_K)")
     assert rows["seed"].endswith("command line")
-    assert rows["min_p"].endswith("model / built-in default")
+    assert rows["min_p"].split()[1:3] == ["0.0", "default"]  # the value in force, not "-"
     same = runner.invoke(cli.cli, ["config"])
     assert same.exit_code == 0 and f"config file ({config_file}:2)" in same.stdout
+
+
+def test_print_config_shows_the_values_in_force_and_whole_paths(
+    config_file: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Settings nobody set showed "-" and "model / built-in default"; long paths were cut."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    model = tmp_path / "models" / "a-model-folder-with-a-name-well-over-forty-columns"
+    model.mkdir(parents=True)
+    (model / "generation_config.json").write_text('{"temperature": 0.3, "top_k": 20}')
+    result = runner.invoke(cli.cli, [str(model), "--print-config"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split(maxsplit=2)[1:] for line in result.stdout.splitlines()}
+    assert rows["model"] == [str(model), "command line"]  # whole, on its one line
+    assert rows["temperature"] == ["0.3", f"model ({model}/generation_config.json)"]
+    assert rows["top_k"] == ["20", f"model ({model}/generation_config.json)"]
+    assert rows["top_p"] == ["0.95", "default"]  # the file does not set it: the built-in value
+    transcripts = tmp_path / "data" / "smolchat" / "transcripts"
+    assert rows["transcripts"] == [str(transcripts), "default"]
+    expected = {
+        "server": "none",
+        "device": "auto",
+        "dtype": "auto",
+        "quantize": "none",
+        "seed": "none",
+        "max_new_tokens": "4096",
+        "think": "true",
+        "theme": "dark",
+        "message_width": "110",
+        "autosave": "true",
+        "max_file_kb": "100",
+        "preset": "none",
+    }
+    assert {k: rows[k][0] for k in expected} == expected
+    assert all(rows[k][1].startswith("default") for k in expected)
+    assert rows["max_new_tokens"][1] == "default (2048 with -p)"
+    # a hub model that is not in the local cache: the built-in values, and what may change them
+    hub = runner.invoke(cli.cli, ["nobody/not-cached-anywhere", "--print-config"])
+    hub_rows = {line.split()[0]: line for line in hub.stdout.splitlines()}
+    assert hub_rows["temperature"].split()[1] == "0.6"
+    assert hub_rows["temperature"].endswith("default (unless generation_config.json sets it)")
+    # a GGUF file has no generation config: the built-in values are the ones in force
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    as_file = runner.invoke(cli.cli, [str(gguf), "--print-config"])
+    file_rows = {line.split()[0]: line.split()[1:] for line in as_file.stdout.splitlines()}
+    assert file_rows["temperature"] == ["0.6", "default"]
 
 
 @pytest.mark.parametrize(

@@ -465,20 +465,31 @@ class Effective:
             return chosen is not None and chosen.layer == COMMAND_LINE
         return src.layer == COMMAND_LINE
 
-    def table(self) -> list[tuple[str, str, str]]:
-        """(key, value, source) rows for every key, for ``--print-config``."""
+    def table(
+        self, defaults: Mapping[str, tuple[Any, Source]] | None = None
+    ) -> list[tuple[str, str, str]]:
+        """(key, value, source) rows for every key, for ``--print-config``.
+
+        ``defaults``: the value and source of a key nothing here sets (the model's own, a
+        built-in default); a key missing from both reads ``-``, ``default``. Values are whole
+        (a path is never cut) and on one line (a line break reads ``\\n``).
+        """
+        defaults = defaults or {}
         rows = []
         for name in KEYS:
             if name in self.values:
-                value = self.values[name]
-                shown = "true" if value is True else "false" if value is False else str(value)
-                if value is None:
-                    shown = "none"
-                if name == "server":
-                    shown = _without_credentials(shown)
-                rows.append((name, shown, str(self.sources[name])))
+                value, source = self.values[name], self.sources[name]
+            elif name in defaults:
+                value, source = defaults[name]
             else:
-                rows.append((name, "-", "model / built-in default"))
+                rows.append((name, "-", DEFAULT))
+                continue
+            shown = "true" if value is True else "false" if value is False else str(value)
+            if value is None:
+                shown = "none"
+            if name == "server":
+                shown = _without_credentials(shown)
+            rows.append((name, shown.replace("\n", "\\n"), str(source)))
         return rows
 
 

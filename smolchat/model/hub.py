@@ -163,6 +163,18 @@ def _has_model_files(folder: Path) -> bool:
     return any(folder.glob("*.safetensors"))
 
 
+def cached_file(repo_id: str, filename: str) -> Path | None:
+    """``filename`` of hub repo ``repo_id`` as the local hub cache has it (no network), or
+    None when it is not there."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, filename)
+    except Exception:  # a name the hub library refuses, an unreadable cache
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
 def cached_repo_ids() -> list[str]:
     try:
         from huggingface_hub import constants, scan_cache_dir
