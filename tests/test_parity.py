@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from smolchat.engine.cpu import CPUDecoder
 from smolchat.model.cache import KVCache
 from smolchat.model.config import ModelConfig
 from smolchat.model.weights import build_on_meta, iter_safetensors, load_weights, safetensors_files
@@ -119,3 +120,22 @@ def test_greedy_tokens_match(pair):
         logits = mine(torch.tensor([[nxt]]), cache, pos, last_only=True)
         cache.length = pos + 1
     assert got == expected
+
+
+@torch.inference_mode()
+def test_cpu_decode_step_matches(pair):
+    """The model's one-token step (``decode_step`` with ``TorchOps``: the CPU decoder's)."""
+    mine, ref = pair
+    cfg = mine.config
+    ids = prompt(40, cfg.vocab_size, seed=4)  # steps run past the window (12) and YaRN's 32
+    cache = KVCache(cfg, torch.device("cpu"), torch.float32, cfg.max_position_embeddings)
+    cache.ensure_capacity(40)
+    mine(ids[:, :10], cache, 0)
+    cache.length = 10
+    decoder = CPUDecoder(mine, cache)
+    steps = []
+    for pos in range(10, 40):
+        steps.append(decoder.step(int(ids[0, pos]), pos))
+        cache.length = pos + 1
+    expected = ref(ids).logits[0, 10:]
+    assert (torch.stack(steps) - expected).abs().max().item() <= TOL

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from smolchat.model.cache import KVCache
 from smolchat.model.config import ModelConfig
+from smolchat.model.decode_step import DecodeWeights, Head, LayerSpec, LayerWeights
 from smolchat.model.rope import RotaryEmbedding, apply_rotary
 
 
@@ -155,6 +159,9 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+W = TypeVar("W")
+
+
 class Backbone(nn.Module):
     """``model.*`` in checkpoint names: embeddings, layers, final norm."""
 
@@ -179,6 +186,41 @@ class CausalLM(nn.Module):
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+
+    def layer_spec(self, i: int) -> LayerSpec:
+        """Layer ``i``'s static facts for the one-token decode step."""
+        cfg = self.config
+        return LayerSpec(
+            n_heads=cfg.num_attention_heads,
+            n_kv=cfg.num_key_value_heads,
+            head_dim=cfg.head_dim,
+            inter=cfg.intermediate_size,
+            eps=cfg.rms_norm_eps,
+            rope_scaling=float(self.rotary.scaling),
+            use_rope=bool(cfg.use_rope[i]),
+            window=cfg.sliding_window[i],
+        )
+
+    def decode_weights(self, weight: Callable[[nn.Module], W]) -> DecodeWeights[W]:
+        """The weights of :func:`smolchat.model.decode_step.decode_step`, each linear module
+        passed through ``weight`` (into whatever the caller's ops take)."""
+        layers = []
+        for i, module in enumerate(self.model.layers):
+            layer = cast(DecoderLayer, module)
+            att, mlp = layer.self_attn, layer.mlp
+            layers.append(
+                LayerWeights(
+                    layer.input_layernorm.weight,
+                    weight(att.qkv_proj),
+                    weight(att.o_proj),
+                    layer.post_attention_layernorm.weight,
+                    weight(mlp.gate_up_proj),
+                    weight(mlp.down_proj),
+                    self.layer_spec(i),
+                )
+            )
+        head = Head(self.model.norm.weight, self.config.rms_norm_eps, weight(self.lm_head))
+        return DecodeWeights(tuple(layers), head)
 
     def forward(
         self,
