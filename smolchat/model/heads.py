@@ -38,6 +38,7 @@ from torch import nn
 from smolchat.errors import TaskError, TaskInputError
 from smolchat.model.config import ModelConfig, read_json
 from smolchat.model.device import pick_device, pick_dtype
+from smolchat.model.meta import on_meta
 from smolchat.model.network import Backbone
 from smolchat.model.rope import RotaryEmbedding
 
@@ -341,7 +342,7 @@ def load_pretrained(
     files = safetensors_files(source.path)
     shapes = _shapes(files)
     prefix = _decoder_prefix(shapes, source.name)
-    with torch.device("meta"):
+    with on_meta():
         module = _MODULES[task](cfg, HeadConfig.from_dict(raw))
     _check_heads(module, shapes, prefix, saved_as, source.name)
     tensors = _renamed(iter_safetensors(files), prefix, keep_heads=task != "base")

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from smolchat.errors import DeviceError, ModelLoadError
+from smolchat.model.meta import on_meta
 
 BLOCKSIZE = 64
 INSTALL_HINT = "pip install 'smolchat[nf4]'"
@@ -75,7 +76,7 @@ def quantize_linear(
             f"reinstall it for your CUDA version ({INSTALL_HINT}) or run without --quantize"
         ) from None
     del w
-    with torch.device("meta"):
+    with on_meta():
         module = bnb.nn.Linear4bit(
             linear.in_features,
             linear.out_features,

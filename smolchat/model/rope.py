@@ -10,9 +10,12 @@ from smolchat.model.config import ModelConfig
 
 
 def inv_frequencies(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
-    """Return ``(inv_freq (head_dim/2,), attention_scaling)`` in float32."""
+    """Return ``(inv_freq (head_dim/2,), attention_scaling)`` in float32, on the CPU.
+
+    Computed on the CPU even inside ``torch.device("meta")`` (the loader's model build): an op
+    on meta tensors imports ``torch._dynamo`` (seconds at start-up; see model/meta.py)."""
     r, dim = cfg.rope, cfg.head_dim
-    exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim
     inv_freq = 1.0 / (r.theta**exponents)
     if r.kind == "default":
         return inv_freq, 1.0
@@ -38,7 +41,8 @@ def _yarn(inv_freq: torch.Tensor, cfg: ModelConfig, original: int) -> tuple[torc
     high: float = min(math.ceil(correction_dim(r.beta_slow)), dim - 1)
     if low == high:
         high += 0.001
-    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    index = torch.arange(dim // 2, dtype=torch.float32, device="cpu")
+    ramp = ((index - low) / (high - low)).clamp(0, 1)
     extrapolation = 1 - ramp  # 1 where high-frequency dims keep their original frequency
     interpolated = inv_freq / factor
     return interpolated * (1 - extrapolation) + inv_freq * extrapolation, float(scaling)

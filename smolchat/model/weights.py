@@ -17,6 +17,7 @@ from torch import nn
 
 from smolchat.errors import ModelLoadError
 from smolchat.model.config import ModelConfig
+from smolchat.model.meta import on_meta
 from smolchat.model.network import CausalLM
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ def count_tensors(files: list[Path]) -> int:
 
 
 def build_on_meta(cfg: ModelConfig) -> CausalLM:
-    with torch.device("meta"):
+    with on_meta():
         model = CausalLM(cfg)
     return model
 
@@ -109,8 +110,9 @@ def load_weights(
 ) -> Net:
     """Assign every checkpoint tensor into ``model`` (built on meta); check nothing is missing.
 
-    Weights stored apart but fused in the network (q/k/v, gate/up) are gathered on the CPU
-    until all parts of one module have arrived, then concatenated and assigned as one.
+    Weights stored apart but fused in the network (q/k/v, gate/up) are gathered (on the GPU
+    when loading to one, else on the CPU) until all parts of one module have arrived, then
+    concatenated and assigned as one.
     """
     modules = dict(model.named_modules())
     pending: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
@@ -123,6 +125,8 @@ def load_weights(
             target, parts = fused
             key = (target, param_name)
             got = pending.setdefault(key, {})
+            if device.type == "cuda":  # join the parts where they go: a 3B model's q/k/v and
+                tensor = tensor.to(device=device, dtype=dtype)  # gate/up cat took 2.5 s on CPU
             got[module_name.rpartition(".")[2]] = tensor
             if len(got) == len(parts):
                 whole = torch.cat([got[leaf] for leaf in parts], dim=0)
