@@ -12,7 +12,9 @@ the server sends ``<think>`` inline, from smolchat's own :class:`ReasoningParser
 
 Token counts (context meter, overflow planning) use the model's tokenizer when one can be had
 (``tokenizer=``, or the served id naming a local folder or a cached hub model); otherwise they
-are estimated (about 4 characters a token) and each reply's usage figures come from the server.
+are estimated (about 4 characters a token) and each reply's usage figures come from the server:
+once a reply has them, a conversation that goes on from it counts as that reply's
+``prompt_tokens + completion_tokens`` plus the estimate of what came after.
 :attr:`RemoteBackend.token_counting` says which.
 
 Cancel closes the HTTP response at once (the server stops generating when the client goes).
@@ -26,7 +28,8 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -34,6 +37,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from smolchat.backend.types import (
     AnswerDelta,
     BackendEvent,
+    ChatMessage,
     Conversation,
     EventStream,
     Finished,
@@ -63,6 +67,36 @@ READ_TIMEOUT_S = 300.0  # between two chunks: a busy CPU server can take minutes
 
 class RemoteError(SmolchatError):
     """The server could not be used (one line: what went wrong and what to do)."""
+
+
+@dataclass(frozen=True)
+class MeasuredTurn:
+    """The last reply the server reported usage for: what was sent, and the reply's text.
+
+    ``prompt_tokens`` counts ``sent`` rendered with the generation prompt; ``completion_tokens``
+    the reply (reasoning included), as the server counted them.
+    """
+
+    sent: Conversation
+    answer: str
+    prompt_tokens: int
+    completion_tokens: int
+
+    def known(self, conversation: Conversation) -> tuple[int, Sequence[ChatMessage], bool] | None:
+        """(tokens the server counted, the messages after them, whether that count ends with
+        the generation prompt) when ``conversation`` goes on from this turn (same system prompt
+        and mode, ``sent`` first, then maybe the reply), else None."""
+        sent = self.sent.messages
+        if (
+            conversation.system_prompt != self.sent.system_prompt
+            or conversation.thinking != self.sent.thinking
+            or conversation.messages[: len(sent)] != sent
+        ):
+            return None
+        rest = conversation.messages[len(sent) :]
+        if rest and rest[0].role == "assistant" and rest[0].content.strip() == self.answer.strip():
+            return self.prompt_tokens + self.completion_tokens, rest[1:], False
+        return self.prompt_tokens, rest, True
 
 
 def safe_url(url: str) -> str:
@@ -159,6 +193,7 @@ class RemoteBackend:
         if self._context is None:
             self._context = DEFAULT_CONTEXT
         self.last_usage: dict[str, int] | None = None  # the last reply's usage figures
+        self.measured: MeasuredTurn | None = None  # what they counted (estimates build on it)
         self._saw_chunk = False
 
     # --- what the UI asks -----------------------------------------------------------------
@@ -196,7 +231,7 @@ class RemoteBackend:
             return f"the model's tokenizer ({self.tokenizer_source}); usage from the server"
         return (
             f"estimated (~{CHARS_PER_TOKEN} characters a token; --tokenizer gives exact "
-            "counts); usage figures from the server"
+            "counts) on top of the server's usage figures for its last reply"
         )
 
     def count_text(self, text: str) -> int:
@@ -217,9 +252,20 @@ class RemoteBackend:
                 enable_thinking=conversation.thinking,
             )
             return len(ids)
-        # an estimate: the text plus a few tokens of framing per message
-        total = sum(self.count_text(m["content"]) + 4 for m in self.messages(conversation))
-        return total + (3 if add_generation_prompt else 0)
+        # the server's figures for as much as it counted, an estimate (the text plus a few
+        # tokens of framing a message) for the rest
+        measured = self.measured
+        known = measured.known(conversation) if measured is not None else None
+        if known is None:
+            messages = self.messages(conversation)
+            return sum(self.count_text(m["content"]) + 4 for m in messages) + (
+                3 if add_generation_prompt else 0
+            )
+        counted, rest, prompted = known
+        total = counted + sum(self.count_text(m.content) + 4 for m in rest)
+        if add_generation_prompt and (rest or not prompted):
+            total += 3
+        return total
 
     # --- the wire format ------------------------------------------------------------------
     @staticmethod
@@ -291,6 +337,7 @@ class RemoteBackend:
         separate_reasoning = False  # the server sent reasoning in its own field
         reasoning_parts: list[str] = []
         chunks = 0
+        usage_seen = False
         stream: Any = None
         started = time.perf_counter()
         first: float | None = None
@@ -307,6 +354,7 @@ class RemoteBackend:
                         break
                     if chunk.usage is not None:
                         self._take_usage(chunk.usage, stats)
+                        usage_seen = True
                     for choice in chunk.choices or ():
                         delta = choice.delta
                         reasoning = _reasoning_of(delta)
@@ -378,6 +426,10 @@ class RemoteBackend:
         else:
             return_reasoning, answer = parser.reasoning, parser.answer
             block = parser.opened_by_prompt or bool(parser.reasoning)
+        if usage_seen and stats.prompt_tokens:
+            self.measured = MeasuredTurn(
+                request.conversation, answer, stats.prompt_tokens, stats.generated_tokens
+            )
         yield Finished(finish, stats, error, block, reasoning=return_reasoning, answer=answer)
 
     def _take_usage(self, usage: Any, stats: GenerationStats) -> None:

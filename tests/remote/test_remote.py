@@ -88,6 +88,39 @@ def test_usage_figures_are_the_servers(scripted) -> None:
     assert end.finish_reason == "stop"
 
 
+def test_without_a_tokenizer_the_meter_counts_with_the_servers_usage(scripted) -> None:
+    """The context meter was the ~4-characters-a-token estimate even after the server had said
+    how many tokens the chat took; now it is the server's figures plus an estimate of what
+    came since (found by the newcomer trial)."""
+    from smolchat.chat.session import ChatSession
+
+    scripted.script = Script(words=["Paris", "."], prompt_tokens=500)
+    backend = RemoteBackend(scripted.url)
+    assert backend.tokenizer is None
+    session = ChatSession(backend)
+    # before any reply, the estimate: "What is the capital of France?" is 30 characters
+    assert backend.count_tokens(ask().conversation, add_generation_prompt=True) == 8 + 4 + 3
+    list(session.send(FRANCE))
+    assert session.context_used() == 500 + 2  # the reply's prompt_tokens + completion_tokens
+    # a new message on top: the server's figures, plus the estimate of the new text only
+    history = session.conversation(session.messages, session.settings.thinking)
+    new = Conversation(
+        (*history.messages, ChatMessage("user", "x" * 40)), history.system_prompt, history.thinking
+    )
+    assert backend.count_tokens(new, add_generation_prompt=False) == 502 + 10 + 4
+    assert backend.count_tokens(new, add_generation_prompt=True) == 502 + 10 + 4 + 3
+    # what was sent, as sent (a /retry): the prompt_tokens exactly
+    sent = Conversation(history.messages[:1], history.system_prompt, history.thinking)
+    assert backend.count_tokens(sent, add_generation_prompt=True) == 500
+    # a conversation that does not go on from it (another system prompt): the estimate again
+    other = Conversation(history.messages, "Be brief.", history.thinking)
+    assert backend.count_tokens(other, add_generation_prompt=False) < 30
+    # the next reply's figures replace these
+    scripted.script = Script(words=["Lima"], prompt_tokens=700)
+    list(session.send("And Peru?"))
+    assert session.context_used() == 700 + 1
+
+
 def test_length_from_the_server(scripted) -> None:
     scripted.script = Script(words=["w "], forever=True)
     end = list(RemoteBackend(scripted.url).open(ask(n=5)))[-1]
