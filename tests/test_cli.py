@@ -153,6 +153,30 @@ def test_options_reach_the_session(fake: FakeEngine, tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("*.md"))) == 1  # --transcripts: the answer is kept
 
 
+LOADING = ["--device", "cpu", "--dtype", "FLOAT32", "--quantize", "nf4", "--exact"]
+LOADED = {"model": "m", "device": "cpu", "dtype": "float32", "quantize": "nf4", "exact": True}
+
+
+def test_the_loading_options_reach_the_loader_in_chat_and_serve(monkeypatch) -> None:
+    """MODEL, --device, --dtype, --quantize and --exact mean the same to both commands."""
+    seen: list[cli.RunConfig] = []
+
+    def load(config, progress=None):
+        seen.append(config)
+        return FakeEngine()
+
+    monkeypatch.setattr(cli, "load_engine", load)
+    monkeypatch.setattr(cli, "serve_mode", lambda config, *args: seen.append(config) or 0)
+    assert runner.invoke(cli.cli, ["m", "-p", "hi", *LOADING]).exit_code == 0
+    assert runner.invoke(cli.cli, ["serve", "m", *LOADING]).exit_code == 0
+    assert [{k: getattr(c, k) for k in LOADED} for c in seen] == [LOADED, LOADED]
+    seen.clear()
+    assert runner.invoke(cli.cli, ["-p", "hi"]).exit_code == 0
+    assert runner.invoke(cli.cli, ["serve"]).exit_code == 0
+    unset = {"model": cli.DEFAULT_MODEL, "device": "auto", "dtype": "auto", "quantize": None}
+    assert [{k: getattr(c, k) for k in LOADED} for c in seen] == [{**unset, "exact": None}] * 2
+
+
 def test_one_shot_is_not_autosaved_by_default(fake, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     monkeypatch.setenv("HOME", str(tmp_path))

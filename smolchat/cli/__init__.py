@@ -11,7 +11,6 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -20,7 +19,8 @@ from typer.core import TyperCommand
 
 from smolchat import __version__
 from smolchat.chat.attachments import DEFAULT_MAX_FILE_KB
-from smolchat.chat.config import DEFAULT, Effective, Source
+from smolchat.chat.config import DEFAULT, KEYS, Effective, Source
+from smolchat.cli.options import DEFAULT_MODEL, MODEL_PANEL, LoadOptions, with_load_options
 from smolchat.engine.types import SamplingParams
 from smolchat.errors import SamplingError, SmolchatError, is_out_of_memory, out_of_memory_line
 from smolchat.exit_codes import ExitCode
@@ -29,22 +29,9 @@ if TYPE_CHECKING:
     from smolchat.chat.library import ChatEntry, SearchHit
     from smolchat.chat.session import ChatSession
 
-DEFAULT_MODEL = "HuggingFaceTB/SmolLM3-3B"
-DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
 # -p stops here unless --max-new-tokens says otherwise: a script waits for a bounded answer
 # (a looping small model ran 5 minutes at the chat's 4096); a cut answer is reported (exit 3)
 ONE_SHOT_MAX_NEW_TOKENS = 2048
-
-
-class DType(str, Enum):
-    auto = "auto"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
-    float32 = "float32"
-
-
-class Quantize(str, Enum):
-    nf4 = "nf4"
 
 
 @dataclass
@@ -86,14 +73,6 @@ def _version(value: bool) -> None:
     if value:
         typer.echo(f"smolchat {__version__}")
         raise typer.Exit()
-
-
-def _check_device(value: str | None) -> str | None:
-    import re
-
-    if value is not None and not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
-        raise typer.BadParameter(f"{value!r} is not a device; use {DEVICE_HELP}")
-    return value
 
 
 def _check_theme(value: str | None) -> str | None:
@@ -188,7 +167,7 @@ cli = typer.Typer(
 )
 
 SAMPLING = "Sampling"
-MODEL = "Model"
+MODEL = MODEL_PANEL
 CHAT = "Chat"
 EPILOG = (
     "Also: smolchat chats (the saved conversations: list, --search, --restore), "
@@ -198,27 +177,9 @@ EPILOG = (
 
 
 @cli.command(cls=_Dispatch, epilog=EPILOG)
+@with_load_options
 def chat(
-    model: Annotated[
-        str | None,
-        typer.Argument(help=f"Hub id, local folder or .gguf file [default: {DEFAULT_MODEL}]."),
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option(help=DEVICE_HELP, callback=_check_device, rich_help_panel=MODEL)
-    ] = None,
-    dtype: Annotated[
-        DType | None,
-        typer.Option(
-            case_sensitive=False,
-            metavar="DTYPE",  # the choices in the help text: a column of them wraps mid-word
-            help="auto, bfloat16, float16 or float32 (auto: bf16 on CUDA, see the README).",
-            rich_help_panel=MODEL,
-        ),
-    ] = None,
-    quantize: Annotated[
-        Quantize | None,
-        typer.Option(help="Quantize the weights (4-bit NF4).", rich_help_panel=MODEL),
-    ] = None,
+    load: LoadOptions,  # MODEL, --device, --dtype, --quantize, --exact (cli/options.py)
     server: Annotated[
         str | None,
         typer.Option(
@@ -245,15 +206,6 @@ def chat(
             rich_help_panel=MODEL,
         ),
     ] = None,
-    exact: Annotated[
-        bool,
-        typer.Option(
-            "--exact",
-            help="GGUF on CPU: dequantize every weight to float32 (equal to transformers; "
-            "slower, ~7x the file in RAM) instead of keeping the file's 4/8-bit blocks.",
-            rich_help_panel=MODEL,
-        ),
-    ] = False,
     system: Annotated[str | None, typer.Option(help="System prompt.", rich_help_panel=CHAT)] = None,
     think: Annotated[
         bool | None,
@@ -356,13 +308,11 @@ def chat(
     ] = None,
 ) -> None:
     """Chat with SmolLM3 (or another SmolLM / Llama model) in the terminal."""
+    loading = load.given()
     given = {
-        "model": model,
+        **{name: value for name, value in loading.items() if name in KEYS},
         "server": server,
         "tokenizer": tokenizer,
-        "device": device,
-        "dtype": dtype.value if dtype else None,
-        "quantize": quantize.value if quantize else None,
         "system": system,
         "think": think,
         "temperature": temperature,
@@ -398,10 +348,7 @@ def chat(
         raise typer.Exit(_print_config(effective))
     config = run_config(effective)
     if config.server is not None:
-        local_only = {"--device": device, "--dtype": dtype, "--quantize": quantize}
-        given_local = [name for name, value in local_only.items() if value is not None]
-        if exact:
-            given_local.append("--exact")
+        given_local = [LoadOptions.option(name) for name in loading if name != "model"]
         if given_local:
             raise typer.BadParameter(
                 f"{given_local[0]} has no effect with --server (the server loads the model)",
@@ -424,7 +371,9 @@ def chat(
         raise typer.BadParameter("--json goes with -p", param_hint="--json")
     config.plain = plain
     config.debug = debug
-    config.exact = True if exact else None
+    for name, value in loading.items():  # the loading options that are no settings (--exact)
+        if name not in KEYS:
+            setattr(config, name, value)
     if config.server is not None:
         config.api_key = (
             api_key or os.environ.get("SMOLCHAT_API_KEY") or os.environ.get("OPENAI_API_KEY")
@@ -666,11 +615,9 @@ def chats_command(
     "one engine, requests answered in arrival order. Needs the serve extra: "
     "pip install 'smolchat[serve]'.",
 )
+@with_load_options
 def serve_command(
-    model: Annotated[
-        str | None,
-        typer.Argument(help=f"Hub id, local folder or .gguf file [default: {DEFAULT_MODEL}]."),
-    ] = None,
+    load: LoadOptions,  # MODEL, --device, --dtype, --quantize, --exact (cli/options.py)
     host: Annotated[
         str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")
     ] = "127.0.0.1",
@@ -687,41 +634,10 @@ def serve_command(
         str | None,
         typer.Option(help="The model id clients see and send [default: the model's name]."),
     ] = None,
-    device: Annotated[
-        str | None, typer.Option(help=DEVICE_HELP, callback=_check_device, rich_help_panel=MODEL)
-    ] = None,
-    dtype: Annotated[
-        DType | None,
-        typer.Option(
-            case_sensitive=False,
-            metavar="DTYPE",
-            help="auto, bfloat16, float16 or float32 (auto: bf16 on CUDA, see the README).",
-            rich_help_panel=MODEL,
-        ),
-    ] = None,
-    quantize: Annotated[
-        Quantize | None,
-        typer.Option(help="Quantize the weights (4-bit NF4).", rich_help_panel=MODEL),
-    ] = None,
-    exact: Annotated[
-        bool,
-        typer.Option(
-            "--exact",
-            help="GGUF on CPU: dequantize every weight to float32 (see smolchat --help).",
-            rich_help_panel=MODEL,
-        ),
-    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No line per request on stderr.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
 ) -> None:
-    config = RunConfig(
-        model=model or DEFAULT_MODEL,
-        device=device or "auto",
-        dtype=dtype.value if dtype else "auto",
-        quantize=quantize.value if quantize else None,
-        exact=True if exact else None,
-        debug=debug,
-    )
+    config = RunConfig(**{"model": DEFAULT_MODEL, **load.given()}, debug=debug)
     key = api_key if api_key is not None else os.environ.get("SMOLCHAT_API_KEY") or None
     raise typer.Exit(
         _run_guarded(config, lambda: serve_mode(config, key, host, port, quiet, served_model_name))
