@@ -1,4 +1,5 @@
-"""``smolchat serve ...`` as a real subprocess (the command a user runs), for tests."""
+"""``smolchat serve ...`` and ``smolchat ...`` as real subprocesses (the commands a user runs),
+for tests."""
 
 from __future__ import annotations
 
@@ -12,6 +13,25 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BANNER = re.compile(r"on (http://\S+/v1)")
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's smolchat
+
+
+def command(*args: str) -> list[str]:
+    """``smolchat ARGS`` as an argument list (``python -m smolchat``: this checkout's)."""
+    return [sys.executable, "-m", "smolchat", *args]
+
+
+def run_smolchat(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """Run ``smolchat ARGS`` to its end (stdin empty); its exit status, stdout and stderr."""
+    return subprocess.run(
+        command(*args),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=ENV,
+        timeout=timeout,
+    )
 
 
 class ServeProcess:
@@ -21,7 +41,7 @@ class ServeProcess:
     def __init__(self, *args: str, timeout: float = 180.0, env: dict[str, str] | None = None):
         self.args = args
         self.timeout = timeout
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        self.env = {**ENV, **(env or {})}
         self.stderr_lines: list[str] = []
         self.url = ""
         self.proc: subprocess.Popen[str] | None = None
@@ -29,7 +49,7 @@ class ServeProcess:
 
     def start(self, wait_for_banner: bool = True) -> ServeProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "smolchat", "serve", *self.args],
+            command("serve", *self.args),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 
 import httpx
 import openai
 
-from tests.serve.process import ROOT, ServeProcess
+from tests.serve.process import ServeProcess, run_smolchat
 
 KEY = "k-9f8e7d6c5b4a"
 
@@ -45,14 +43,7 @@ def test_a_taken_port_is_one_line_before_loading(tiny_model):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [sys.executable, "-m", "smolchat", "serve", str(tiny_model), "--port", str(port)],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            env=ServeProcess().env,
-            timeout=120,
-        )
+        result = run_smolchat("serve", str(tiny_model), "--port", str(port))
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith(f"smolchat: error: cannot listen on 127.0.0.1:{port}")
@@ -73,14 +64,7 @@ def test_a_non_loopback_address_without_a_key_warns_at_once(tiny_model):
 
 
 def test_serve_help_lists_its_options():
-    result = subprocess.run(
-        [sys.executable, "-m", "smolchat", "serve", "--help"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=ServeProcess().env,
-        timeout=60,
-    )
+    result = run_smolchat("serve", "--help", timeout=60)
     assert result.returncode == 0
     for option in ("--host", "--port", "--api-key", "--quiet", "--device", "--quantize"):
         assert option in result.stdout
@@ -90,25 +74,8 @@ def test_smolchat_server_one_shot_against_smolchat_serve(tiny_model):
     """``smolchat --server URL -p`` through ``smolchat serve``: the answer on stdout; a cut one
     (the random model never stops) is exit status 3 with the note, as with a local model."""
     with ServeProcess(str(tiny_model), "--port", "0", "--quiet") as s:
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "smolchat",
-                "--server",
-                s.url,
-                "-p",
-                "Hi",
-                "--max-new-tokens",
-                "3",
-                "--temperature",
-                "0",
-            ],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            env=s.env,
-            timeout=120,
+        result = run_smolchat(
+            "--server", s.url, "-p", "Hi", "--max-new-tokens", "3", "--temperature", "0"
         )
     assert result.returncode == 3, result.stderr
     assert result.stdout.strip()

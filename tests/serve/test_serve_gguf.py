@@ -4,14 +4,12 @@ One server for the module; every reply is the short Paris sentence (a busy 2-cor
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 
 import openai
 import pytest
 
-from tests.serve.process import ROOT, ServeProcess
+from tests.serve.process import ServeProcess, run_smolchat
 
 pytestmark = pytest.mark.slow
 
@@ -90,23 +88,6 @@ def test_the_model_list_names_the_file(client):
 
 
 def test_smolchat_server_one_shot_against_smolchat_serve(served):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "smolchat",
-            "--server",
-            served.url,
-            "-p",
-            QUESTION,
-            "--temperature",
-            "0",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=served.env,
-        timeout=300,
-    )
+    result = run_smolchat("--server", served.url, "-p", QUESTION, "--temperature", "0", timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ANSWER
