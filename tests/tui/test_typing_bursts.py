@@ -9,9 +9,11 @@ nothing and a second Enter sent it. These tests post the keys the way the driver
 
 from __future__ import annotations
 
+import pytest
 from textual import events
 from textual.app import App
 from textual.keys import _character_to_key
+from textual.pilot import Pilot
 
 from smolchat.chat.turns import UserTurn
 from smolchat.tui.screens.chat import ChatScreen
@@ -40,13 +42,29 @@ def long_reply(_question: str) -> str:
     return " ".join(f"word{i}" for i in range(300))
 
 
-async def test_text_and_enter_typed_as_the_chat_screen_shows_are_sent_whole() -> None:
+async def chat_shown(pilot: Pilot, app: App) -> ChatScreen:
+    """The chat screen, the moment it shows (no pause after: the keys come at once)."""
+    await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+    screen = app.screen
+    assert isinstance(screen, ChatScreen)
+    return screen
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        pytest.param(("What is the capital of France?", "enter"), id="typed-as-the-screen-shows"),
+        pytest.param(
+            ("/stats", "enter", "What is the capital of France?", "enter"),
+            id="right-after-a-command",  # the message lost its first letters
+        ),
+    ],
+)
+async def test_a_message_typed_in_one_burst_is_sent_whole(keys: tuple[str, ...]) -> None:
     app = make_app()
     async with running(app) as (pilot, _):
-        await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
-        screen = app.screen
-        assert isinstance(screen, ChatScreen)
-        burst(app, "What is the capital of France?", "enter")  # no pause: as tmux sends it
+        screen = await chat_shown(pilot, app)
+        burst(app, *keys)  # no pause: as tmux sends it
         await wait_for(pilot, lambda: len(screen.session.messages) >= 2)
         await idle(pilot, screen)
         assert user_texts(screen) == ["What is the capital of France?"]
@@ -54,45 +72,20 @@ async def test_text_and_enter_typed_as_the_chat_screen_shows_are_sent_whole() ->
         assert screen.prompt.has_focus
 
 
-async def test_a_message_typed_right_after_a_command_keeps_its_first_letters() -> None:
-    app = make_app()
-    async with running(app) as (pilot, _):
-        await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
-        screen = app.screen
-        assert isinstance(screen, ChatScreen)
-        burst(app, "/stats", "enter", "What is the capital of France?", "enter")
-        await wait_for(pilot, lambda: len(screen.session.messages) >= 2)
-        await idle(pilot, screen)
-        assert user_texts(screen) == ["What is the capital of France?"]
-        assert screen.prompt.text == ""
-
-
-async def test_one_escape_stops_the_reply_even_with_the_conversation_focused() -> None:
+@pytest.mark.parametrize("focus", ["conversation", "prompt"])
+async def test_one_escape_stops_the_reply(focus: str) -> None:
     engine = FakeEngine(long_reply, delay=0.05)
     app = make_app(engine)
     async with running(app) as (pilot, _):
-        await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
-        screen = app.screen
-        assert isinstance(screen, ChatScreen)
+        screen = await chat_shown(pilot, app)
         burst(app, "count", "enter")
         await wait_for(pilot, lambda: screen.generating)
-        await pilot.press("alt+up")  # a message highlighted: the conversation has the focus
-        assert screen.query_one(ConversationView).has_focus
-        await pilot.press("escape")
+        if focus == "conversation":
+            await pilot.press("alt+up")  # a message highlighted: the conversation has the focus
+            assert screen.query_one(ConversationView).has_focus
+            await pilot.press("escape")
+        else:
+            burst(app, "escape")
         await idle(pilot, screen)
         assert screen.session.messages[-1].finish_reason == "cancelled"
         assert screen.prompt.has_focus  # and back to the prompt
-
-
-async def test_one_escape_stops_the_reply_from_the_prompt() -> None:
-    engine = FakeEngine(long_reply, delay=0.05)
-    app = make_app(engine)
-    async with running(app) as (pilot, _):
-        await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
-        screen = app.screen
-        assert isinstance(screen, ChatScreen)
-        burst(app, "count", "enter")
-        await wait_for(pilot, lambda: screen.generating)
-        burst(app, "escape")
-        await idle(pilot, screen)
-        assert screen.session.messages[-1].finish_reason == "cancelled"
