@@ -68,24 +68,45 @@ def test_every_record_survives_a_load_and_save(record: dict) -> None:
     assert from_record(back) == turn
 
 
+TIME = "2026-12-01T08:00:00+00:00"
+
+
 def test_records_keep_the_key_order_transcripts_always_had() -> None:
     stats = GenerationStats(generated_tokens=3, finish_reason="error")
-    reply = Reply("hi", "", True, False, "error", stats, "2026-12-01T08:00:00+00:00", "boom")
-    assert list(to_record(reply)) == [
-        "role",
-        "content",
-        "reasoning",
-        "thinking",
-        "reasoning_block",
-        "finish_reason",
-        "stats",
-        "time",
-        "error",
+    reply = Reply("hi", "", True, False, "error", stats, TIME, "boom")
+    assert list(to_record(reply).items()) == [
+        ("role", "assistant"),
+        ("content", "hi"),
+        ("reasoning", ""),
+        ("thinking", True),
+        ("reasoning_block", False),
+        ("finish_reason", "error"),
+        (
+            "stats",
+            {
+                "prompt_tokens": 0,
+                "cached_tokens": 0,
+                "prefilled_tokens": 0,
+                "generated_tokens": 3,
+                "ttft_s": 0.0,
+                "decode_s": 0.0,
+                "finish_reason": "error",
+            },
+        ),
+        ("time", TIME),
+        ("error", "boom"),
     ]
-    assert to_record(reply)["stats"]["generated_tokens"] == 3
-    user = UserTurn("hello", False, "2026-12-01T08:00:00+00:00")
-    assert list(to_record(user)) == ["role", "content", "thinking", "time"]
+    user = UserTurn("hello", False, TIME)
+    assert list(to_record(user).items()) == [
+        ("role", "user"),
+        ("content", "hello"),
+        ("thinking", False),
+        ("time", TIME),
+    ]
     assert to_record(UserTurn("hello")) == {"role": "user", "content": "hello"}
+    # a record written in another order (an edited file) is saved in this order
+    shuffled = dict(reversed(list(to_record(reply).items())))
+    assert list(to_record(from_record(shuffled))) == list(to_record(reply))
 
 
 def test_unusable_values_are_kept_not_typed() -> None:
