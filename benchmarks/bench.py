@@ -325,8 +325,9 @@ def replay_rate(engine: Engine, steps: int = 256) -> float | None:
 def tuning_table(engine: Engine) -> dict[str, Any]:
     """Per matvec: chosen kernel config, microseconds per call, achieved GB/s."""
     fast = engine.fast
-    w = fast.layer_weights[0]
-    mats = {"qkv": w[1][1], "o": w[2][1], "gate_up": w[4][1], "down": w[5][1], "head": fast.head[1]}
+    w = fast.weights.layers[0]  # linear_spec tuples: (kind, weight or packed codes, ...)
+    mats = {"qkv": w.qkv[1], "o": w.o[1], "gate_up": w.gate_up[1], "down": w.down[1]}
+    mats["head"] = fast.weights.head.weight[1]
     out = {}
     for name, (cfg, secs) in fast.tuning.items():
         nbytes = mats[name].numel() * mats[name].element_size()

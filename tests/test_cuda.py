@@ -15,9 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smolchat.engine.fast import ENV_DISABLE, FastDecoder
+from smolchat.engine.fast import ENV_DISABLE, FUSED_TORCH_OPS, FastDecoder
 from smolchat.engine.types import SamplingParams
 from smolchat.model.cache import MIN_CAPACITY
+from tests.interpreted import run_interpreted
 from tests.test_cache import GREEDY, ids_of, load_model, make_engine, realistic, tokens
 from tests.tiny import build_smollm3
 
@@ -48,7 +49,7 @@ def folder(request, tmp_path_factory):
 
 def _fused(fast: FastDecoder) -> None:
     """Use the Inductor-shaped attention (reductions) even when not compiling."""
-    fast.layer_consts = [c[:-1] + (True,) for c in fast.layer_consts]
+    fast.torch_ops = FUSED_TORCH_OPS
 
 
 # --- everywhere: the static step and the host loop ---------------------------------------
@@ -106,6 +107,22 @@ def test_stop_token_is_not_fed_and_cancel_ends_within_a_token(folder):
     engine.cancel()
     rest = list(gen)
     assert rest[-1].finish_reason == "cancelled" and len(rest) <= 2
+
+
+def test_triton_step_matches_a_full_forward_in_the_interpreter(tmp_path_factory):
+    """The Triton step the GPU captures (the model's decode step with our kernels), run by
+    Triton's CPU interpreter: NoPE + GQA, a sliding window, Llama with MQA."""
+    pytest.importorskip("triton")
+    names = ("nope-gqa-tied", "sliding-window", "llama-mqa-untied")
+    folders = [
+        str(build_smollm3(tmp_path_factory.mktemp(n), with_tokenizer=False, **CASES[n]))
+        for n in names
+    ]
+    results = run_interpreted("tests.triton_step_check", *folders)
+    for folder in folders:
+        r = results[folder]
+        assert r["mode"] == "triton" and r["greedy_and_pos"], r
+        assert r["max_abs"] <= 1e-3, r
 
 
 # --- CUDA: graphs, compile, against transformers -------------------------------------------

@@ -7,9 +7,7 @@ CUDA-graph decode path with NF4 weights) are skipped without a GPU.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from smolchat.model.quant import (
     prequantized_kind,
 )
 from smolchat.model.weights import iter_safetensors, safetensors_files
+from tests.interpreted import run_interpreted
 from tests.test_cache import GREEDY, ids_of, load_model, make_engine, realistic, tokens
 from tests.tiny import build_smollm3
 
@@ -219,17 +218,7 @@ def assert_nf4_kernel_close(rows: list[dict]) -> None:
 
 def test_nf4_kernel_matches_bitsandbytes_in_the_triton_interpreter():
     pytest.importorskip("triton")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.nf4_kernel_check"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert_nf4_kernel_close(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert_nf4_kernel_close(run_interpreted("tests.nf4_kernel_check"))
 
 
 # --- CUDA ----------------------------------------------------------------------------------

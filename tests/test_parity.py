@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from smolchat.engine.cpu import CPUDecoder
+from smolchat.engine.cpu import CPUDecoder, cpu_step_enabled
+from smolchat.engine.fast import FUSED_TORCH_OPS, SDPA_TORCH_OPS, FastDecoder
 from smolchat.model.cache import KVCache
 from smolchat.model.config import ModelConfig
 from smolchat.model.weights import build_on_meta, iter_safetensors, load_weights, safetensors_files
@@ -122,20 +123,59 @@ def test_greedy_tokens_match(pair):
     assert got == expected
 
 
-@torch.inference_mode()
-def test_cpu_decode_step_matches(pair):
-    """The model's one-token step (``decode_step`` with ``TorchOps``: the CPU decoder's)."""
-    mine, ref = pair
-    cfg = mine.config
-    ids = prompt(40, cfg.vocab_size, seed=4)  # steps run past the window (12) and YaRN's 32
+def _stepped_logits(model, ids: torch.Tensor, start: int, make_step) -> torch.Tensor:
+    """Prefill ``ids[:start]`` with the general forward, then feed one token at a time to the
+    step ``make_step(model, cache)`` returns (``step(token, pos) -> logits (V,)``)."""
+    cfg = model.config
     cache = KVCache(cfg, torch.device("cpu"), torch.float32, cfg.max_position_embeddings)
-    cache.ensure_capacity(40)
-    mine(ids[:, :10], cache, 0)
-    cache.length = 10
-    decoder = CPUDecoder(mine, cache)
-    steps = []
-    for pos in range(10, 40):
-        steps.append(decoder.step(int(ids[0, pos]), pos))
+    cache.ensure_capacity(ids.shape[1])
+    model(ids[:, :start], cache, 0)
+    cache.length = start
+    step = make_step(model, cache)
+    out = []
+    for pos in range(start, ids.shape[1]):
+        out.append(step(int(ids[0, pos]), pos).reshape(-1))
         cache.length = pos + 1
+    return torch.stack(out)
+
+
+def _cpu_step(model, cache):
+    return CPUDecoder(model, cache).step
+
+
+def _fast_step(ops):
+    """The CUDA fast path's step (the model's decode step with its static torch ops: device
+    position, whole-bucket mask; ``fused``: the attention Inductor compiles), run eagerly."""
+
+    def make(model, cache):
+        fast = FastDecoder(model, cache, graphs=False, compile=False)
+        fast.torch_ops = ops
+
+        def step(token: int, pos: int) -> torch.Tensor:
+            fast.start(pos)
+            fast.stage(torch.tensor([token]))
+            fast.step()
+            assert fast.pos.item() == pos + 1 and fast.logits is not None
+            assert fast.tok.item() == int(fast.logits.argmax())  # the step's own greedy pick
+            return fast.logits
+
+        return step
+
+    return make
+
+
+STEPS = {"cpu": _cpu_step, "fast-sdpa": _fast_step(SDPA_TORCH_OPS)}
+STEPS["fast-fused"] = _fast_step(FUSED_TORCH_OPS)
+
+
+@pytest.mark.parametrize("step", list(STEPS))
+@torch.inference_mode()
+def test_decode_step_matches(pair, step):
+    """The model's one-token step (model/decode_step.py) as the CPU decoder and the CUDA fast
+    path run it, token by token after a prefill, against transformers' full forward."""
+    mine, ref = pair
+    ids = prompt(40, mine.config.vocab_size, seed=4)  # past the window (12) and YaRN's 32
+    assert cpu_step_enabled(mine, torch.device("cpu"))  # windowed models too
+    got = _stepped_logits(mine, ids, 10, STEPS[step])
     expected = ref(ids).logits[0, 10:]
-    assert (torch.stack(steps) - expected).abs().max().item() <= TOL
+    assert (got - expected).abs().max().item() <= TOL

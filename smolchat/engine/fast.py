@@ -1,12 +1,15 @@
 """The CUDA fast decode path: one token per CUDA-graph replay.
 
-- One decoder layer's decode step is a single function (RMSNorm, fused QKV matvec, RoPE, K/V
-  written at a *device* position with ``index_put``, attention over the whole cache bucket with
-  the mask ``k_pos <= pos`` (and the sliding window), o-proj + residual, RMSNorm, fused
-  gate/up, SiLU, down-proj + residual). ``torch.compile`` (Inductor) compiles it once with the
-  cache length dynamic, so every bucket reuses the same code; with coordinate-descent tuning,
-  Inductor turns the batch-1 matmuls into reductions that fuse the norms and activations in.
-  NF4 weights go through bitsandbytes' fused ``gemm_4bit`` op, opaque to Inductor.
+- The step's math is the model's own one-token step (:mod:`smolchat.model.decode_step`:
+  ``decode_layer`` = ``attention_input``, ``attention``, ``attention_output``; then
+  ``decode_logits``); this module only supplies the ops it runs with and compiles / captures
+  it. :class:`StaticTorchOps`: RMSNorm, the fused q/k/v and gate/up projections (dense or NF4
+  through bitsandbytes' ``gemm_4bit``), RoPE, K/V written at a *device* position with
+  ``index_put``, attention over the whole cache bucket with the mask ``k_pos <= pos`` (and the
+  sliding window). ``torch.compile`` (Inductor) compiles the model's ``decode_layer`` with
+  these ops once, the cache length dynamic, so every bucket reuses the same code; with
+  coordinate-descent tuning, Inductor turns the batch-1 matmuls into reductions that fuse the
+  norms and activations in. :class:`TritonOps`: our kernels.
 - The whole step (embedding, every layer, final norm, head, greedy argmax, position + 1) is
   captured as one ``torch.cuda.CUDAGraph`` per cache bucket. The cache grows by doubling, so
   there is at most one capture per doubling (a re-capture, not a recompile).
@@ -23,9 +26,9 @@ Three ways to fill the step (``FastDecoder.kernels``), best first:
   scales) and dequantized in registers. Six launches a layer, no torch.compile; the matvec
   tuner's choices are kept on disk (:mod:`smolchat.engine.tuning`), so only a GPU's first
   launch tunes.
-- ``"inductor"`` (a model with biases, or NF4 layouts the kernel does not read): the parts
-  before and after attention compiled by Inductor (static shapes), attention by the Triton
-  kernel.
+- ``"inductor"`` (a model with biases, or NF4 layouts the kernel does not read: see
+  :func:`triton_unsupported`): the model's ``attention_input`` and ``attention_output``
+  compiled by Inductor (static shapes), attention by the Triton kernel.
 - without Triton (or a head size it cannot take): the whole layer compiled, attention included.
 
 ``SMOLCHAT_NO_CUDA_GRAPHS=1`` turns the path off (plain eager decoding);
@@ -41,7 +44,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +53,17 @@ from torch import nn
 from smolchat.engine.sampling import apply_repetition_penalty_mask, pick
 from smolchat.engine.types import SamplingParams
 from smolchat.model.cache import KVCache
-from smolchat.model.network import CausalLM, DecoderLayer
+from smolchat.model.decode_step import (
+    DecodeWeights,
+    Head,
+    LayerSpec,
+    attention_input,
+    attention_output,
+    decode_layer,
+    decode_logits,
+    decode_step,
+)
+from smolchat.model.network import CausalLM
 from smolchat.model.rope import apply_rotary
 
 if TYPE_CHECKING:  # kernels imports triton, which only CUDA machines need
@@ -79,7 +92,16 @@ def fast_path_enabled(device: torch.device) -> bool:
     return device.type == "cuda" and not _env_on(ENV_DISABLE)
 
 
-# --- the step, written for Inductor ------------------------------------------------------
+# --- the ops the step runs with (the step itself is the model's: model/decode_step.py) -----
+
+
+class DeviceKV(NamedTuple):
+    """One layer's cache slot for the captured step: the position lives on the device."""
+
+    k: torch.Tensor  # (1, n_kv, S, hd), S = bucket capacity
+    v: torch.Tensor
+    pos: torch.Tensor  # (1,) int64, position of this token
+    inv_freq: torch.Tensor  # (hd/2,) float32
 
 
 def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -98,67 +120,107 @@ def _linear(x: torch.Tensor, spec: LinearSpec) -> torch.Tensor:
     )
 
 
-def _layer_step(
-    x: torch.Tensor,  # (1, C) residual stream
-    pos: torch.Tensor,  # (1,) int64, position of this token
-    inv_freq: torch.Tensor,  # (hd/2,) float32
-    w: tuple,  # (ln1, qkv, o, ln2, gate_up, down)
-    k_cache: torch.Tensor,  # (1, n_kv, S, hd), S = bucket capacity
-    v_cache: torch.Tensor,
-    consts: tuple,  # (n_heads, n_kv, hd, inter, eps, rope_scaling, use_rope, window, fused)
-) -> torch.Tensor:
-    n_heads, n_kv, hd, inter, eps, scaling, use_rope, window, fused = consts
-    ln1, qkv_spec, o_spec, ln2, gu_spec, down_spec = w
-    rep = n_heads // n_kv
-    q, k, v = _linear(_rms(x, ln1, eps), qkv_spec).split(
-        (n_heads * hd, n_kv * hd, n_kv * hd), dim=-1
-    )
-    q = q.view(1, n_heads, 1, hd)
-    k = k.view(1, n_kv, 1, hd)
-    v = v.view(1, n_kv, 1, hd)
-    if use_rope:
-        freqs = pos.float()[:, None] * inv_freq[None, :]  # (1, hd/2)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos() * scaling, emb.sin() * scaling
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-    k_cache[:, :, pos] = k
-    v_cache[:, :, pos] = v
-    s = k_cache.shape[2]
-    k_pos = torch.arange(s, device=x.device)
-    valid = k_pos <= pos  # (S,)
-    if window is not None:
-        valid = valid & (k_pos > pos - window)
-    if fused:
-        # Reductions Inductor fuses and splits over S itself: scores, softmax, weighted sum.
-        qg = q.view(n_kv, rep, 1, hd).float()
-        scores = (qg * k_cache[0].unsqueeze(1).float()).sum(-1) * (1.0 / math.sqrt(hd))
-        scores = scores.masked_fill(~valid, float("-inf"))  # (n_kv, rep, S)
-        probs = torch.softmax(scores, dim=-1)
-        y = (probs.unsqueeze(-1) * v_cache[0].unsqueeze(1).float()).sum(2)  # (n_kv, rep, hd)
-    else:
-        y = F.scaled_dot_product_attention(
-            q.view(1, n_kv, rep, hd), k_cache, v_cache, attn_mask=valid[None, None, None, :]
+class StaticTorchOps:
+    """The step's ops in torch for a fixed cache bucket and a device position, on (1, C)
+    rows, written for Inductor; weights are :func:`linear_spec` tuples.
+
+    ``fused``: attention as plain reductions (scores, softmax, weighted sum) that Inductor
+    fuses and splits over S itself; else SDPA with the mask ``k_pos <= pos``.
+    """
+
+    def __init__(self, fused: bool) -> None:
+        self.fused = fused
+
+    def norm_linear(
+        self, x: torch.Tensor, norm: torch.Tensor, eps: float, w: LinearSpec
+    ) -> torch.Tensor:
+        return _linear(_rms(x, norm, eps), w)
+
+    def norm_linear_gated(
+        self, x: torch.Tensor, norm: torch.Tensor, eps: float, w: LinearSpec, inter: int
+    ) -> torch.Tensor:
+        gate, up = _linear(_rms(x, norm, eps), w).split(inter, dim=-1)
+        return F.silu(gate) * up
+
+    def linear_residual(self, x: torch.Tensor, w: LinearSpec, res: torch.Tensor) -> torch.Tensor:
+        return res + _linear(x, w)
+
+    def attention(self, qkv: torch.Tensor, spec: LayerSpec, kv: DeviceKV) -> torch.Tensor:
+        n_heads, n_kv, hd = spec.n_heads, spec.n_kv, spec.head_dim
+        rep = n_heads // n_kv
+        q, k, v = qkv.split((n_heads * hd, n_kv * hd, n_kv * hd), dim=-1)
+        q = q.view(1, n_heads, 1, hd)
+        k = k.view(1, n_kv, 1, hd)
+        v = v.view(1, n_kv, 1, hd)
+        pos, k_cache, v_cache = kv.pos, kv.k, kv.v
+        if spec.use_rope:
+            freqs = pos.float()[:, None] * kv.inv_freq[None, :]  # (1, hd/2)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            cos, sin = emb.cos() * spec.rope_scaling, emb.sin() * spec.rope_scaling
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        k_cache[:, :, pos] = k  # index_put at the device position: no host sync
+        v_cache[:, :, pos] = v
+        s = k_cache.shape[2]
+        k_pos = torch.arange(s, device=qkv.device)
+        valid = k_pos <= pos  # (S,)
+        if spec.window is not None:
+            valid = valid & (k_pos > pos - spec.window)
+        if self.fused:
+            qg = q.view(n_kv, rep, 1, hd).float()
+            scores = (qg * k_cache[0].unsqueeze(1).float()).sum(-1) * (1.0 / math.sqrt(hd))
+            scores = scores.masked_fill(~valid, float("-inf"))  # (n_kv, rep, S)
+            probs = torch.softmax(scores, dim=-1)
+            y = (probs.unsqueeze(-1) * v_cache[0].unsqueeze(1).float()).sum(2)  # (n_kv, rep, hd)
+        else:
+            y = F.scaled_dot_product_attention(
+                q.view(1, n_kv, rep, hd), k_cache, v_cache, attn_mask=valid[None, None, None, :]
+            )
+        return y.to(qkv.dtype).reshape(1, n_heads * hd)
+
+
+SDPA_TORCH_OPS = StaticTorchOps(fused=False)
+FUSED_TORCH_OPS = StaticTorchOps(fused=True)  # what Inductor compiles
+
+
+class TritonOps:
+    """The step's ops as our Triton kernels (:mod:`smolchat.engine.kernels`) on (C,) vectors:
+    RMSNorm, SiLU gate and residual fused into the matvecs, RoPE and the K/V write into the
+    split-K attention. Weights are :func:`triton_weight` (dense tensors or ``NF4Matrix``);
+    :func:`triton_unsupported` says which models they take."""
+
+    def __init__(self, att: DecodeAttention) -> None:
+        from smolchat.engine.kernels import matvec
+
+        self.att, self._matvec = att, matvec
+
+    def norm_linear(self, x: torch.Tensor, norm: torch.Tensor, eps: float, w: Any) -> torch.Tensor:
+        return self._matvec(x, w, norm=norm, eps=eps)
+
+    def norm_linear_gated(
+        self, x: torch.Tensor, norm: torch.Tensor, eps: float, w: Any, inter: int
+    ) -> torch.Tensor:
+        return self._matvec(x, w, norm=norm, eps=eps, gated=True)
+
+    def linear_residual(self, x: torch.Tensor, w: Any, res: torch.Tensor) -> torch.Tensor:
+        return self._matvec(x, w, res=res, out=res)  # the residual stream updated in place
+
+    def attention(self, qkv: torch.Tensor, spec: LayerSpec, kv: DeviceKV) -> torch.Tensor:
+        return self.att(
+            qkv,
+            kv.k,
+            kv.v,
+            kv.pos,
+            kv.inv_freq,
+            use_rope=spec.use_rope,
+            window=spec.window,
+            rope_scaling=spec.rope_scaling,
         )
-    x = x + _linear(y.to(x.dtype).reshape(1, n_heads * hd), o_spec)
-    gate, up = _linear(_rms(x, ln2, eps), gu_spec).split(inter, dim=-1)
-    return x + _linear(F.silu(gate) * up, down_spec)
 
 
-def _pre_step(x: torch.Tensor, ln1: torch.Tensor, qkv: LinearSpec, eps: float) -> torch.Tensor:
-    """RMSNorm + the fused q/k/v projection: (1, C) -> (1, (H + 2 KV) * hd), RoPE not applied."""
-    return _linear(_rms(x, ln1, eps), qkv)
-
-
-def _post_step(x: torch.Tensor, y: torch.Tensor, w: tuple, eps: float, inter: int):
-    """o-proj + residual, RMSNorm, gate/up, SiLU, down-proj + residual: (1, C) -> (1, C)."""
-    _, _, o_spec, ln2, gu_spec, down_spec = w
-    x = x + _linear(y.to(x.dtype), o_spec)
-    gate, up = _linear(_rms(x, ln2, eps), gu_spec).split(inter, dim=-1)
-    return x + _linear(F.silu(gate) * up, down_spec)
-
-
-def _head_step(x: torch.Tensor, norm: torch.Tensor, eps: float, head: LinearSpec):
-    logits = _linear(_rms(x, norm, eps), head)  # (1, V)
+def _head_step(
+    ops: StaticTorchOps, x: torch.Tensor, head: Head[LinearSpec]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = decode_logits(ops, x, head)  # (1, V)
     return logits, logits.argmax(dim=-1)
 
 
@@ -180,10 +242,6 @@ def _triton_ok() -> bool:
     return True
 
 
-def _attention_ok(head_dim: int) -> bool:
-    return head_dim >= 16 and head_dim & (head_dim - 1) == 0 and head_dim <= 256
-
-
 def is_quantized(module: nn.Module) -> bool:
     return getattr(getattr(module, "weight", None), "quant_state", None) is not None
 
@@ -201,6 +259,18 @@ def _nf4_supported(module: nn.Module) -> bool:
     n, k = (int(d) for d in qs.shape)
     nested = qs.state2.blocksize if qs.nested else None
     return NF4Matrix.supports(n, k, int(qs.blocksize), nested)
+
+
+def triton_unsupported(model: CausalLM) -> str | None:
+    """Why our Triton matvecs cannot run this model's layers (None: they can). They take
+    dense weights without a bias and the NF4 layouts :class:`NF4Matrix` reads; the attention
+    kernel declares its head sizes itself (``DecodeAttention.supports``)."""
+    mods = [m for layer in model.model.layers for m in layer.modules() if m is not layer]
+    if any(getattr(m, "bias", None) is not None for m in mods):
+        return "linear layers with a bias"
+    if not all(_nf4_supported(m) for m in mods if is_quantized(m)):
+        return "an NF4 layout the kernel does not read"
+    return None
 
 
 def triton_weight(module: nn.Module) -> Any:
@@ -254,67 +324,31 @@ class FastDecoder:
             compile = self.graphs and not _env_on(ENV_NO_COMPILE)
         self.compile = compile
         self.att: DecodeAttention | None = None  # Triton decode attention, when it can run
+        self.triton_ops: TritonOps | None = None
         self.kernels = "eager"
         # kernels="triton" with graphs=False runs the Triton step eagerly (interpreter tests)
         use_triton = self.graphs or kernels == "triton"
-        if use_triton and _triton_ok() and _attention_ok(cfg.head_dim):
+        if use_triton and _triton_ok():
             from smolchat.engine.kernels import DecodeAttention
 
-            self.att = DecodeAttention(
-                cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, self.device
-            )
-            mods = [m for layer in model.model.layers for m in layer.modules() if m is not layer]
-            plain = not any(getattr(m, "bias", None) is not None for m in mods)
-            nf4_ok = all(_nf4_supported(m) for m in mods if is_quantized(m))
-            want = kernels or os.environ.get(ENV_KERNELS, "").strip().lower() or "triton"
-            self.kernels = "triton" if want == "triton" and plain and nf4_ok else "inductor"
-        elif self.compile:
+            if DecodeAttention.supports(cfg.head_dim):
+                self.att = DecodeAttention(
+                    cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, self.device
+                )
+                self.triton_ops = TritonOps(self.att)
+                why = triton_unsupported(model)
+                want = kernels or os.environ.get(ENV_KERNELS, "").strip().lower() or "triton"
+                self.kernels = "triton" if want == "triton" and why is None else "inductor"
+                if want == "triton" and why is not None:
+                    log.info("Triton matvecs do not take %s; using Inductor", why)
+        if self.att is None and self.compile:
             self.kernels = "inductor"
-        self.eps = cfg.rms_norm_eps
-        self.layer_weights = []
-        self.layer_consts = []
-        for i, module in enumerate(model.model.layers):
-            layer = cast(DecoderLayer, module)
-            att, mlp = layer.self_attn, layer.mlp
-            self.layer_weights.append(
-                (
-                    layer.input_layernorm.weight,
-                    linear_spec(att.qkv_proj),
-                    linear_spec(att.o_proj),
-                    layer.post_attention_layernorm.weight,
-                    linear_spec(mlp.gate_up_proj),
-                    linear_spec(mlp.down_proj),
-                )
-            )
-            self.layer_consts.append(
-                (
-                    cfg.num_attention_heads,
-                    cfg.num_key_value_heads,
-                    cfg.head_dim,
-                    cfg.intermediate_size,
-                    cfg.rms_norm_eps,
-                    float(model.rotary.scaling),
-                    bool(cfg.use_rope[i]),
-                    cfg.sliding_window[i],
-                    self.compile,
-                )
-            )
-        self.head = linear_spec(model.lm_head)
-        self.triton_weights: list[tuple] = []  # (ln1, qkv, o, ln2, gate_up, down) per layer
+        # the model's step with torch ops (fused attention reductions when Inductor compiles)
+        self.torch_ops = FUSED_TORCH_OPS if self.compile else SDPA_TORCH_OPS
+        self.weights: DecodeWeights[LinearSpec] = model.decode_weights(linear_spec)
+        self.triton_weights: DecodeWeights[Any] | None = None
         if self.kernels == "triton":
-            for module in model.model.layers:
-                block = cast(DecoderLayer, module)
-                att, mlp = block.self_attn, block.mlp
-                self.triton_weights.append(
-                    (
-                        block.input_layernorm.weight,
-                        triton_weight(att.qkv_proj),
-                        triton_weight(att.o_proj),
-                        block.post_attention_layernorm.weight,
-                        triton_weight(mlp.gate_up_proj),
-                        triton_weight(mlp.down_proj),
-                    )
-                )
+            self.triton_weights = model.decode_weights(triton_weight)
         self.tok = torch.zeros(1, dtype=torch.long, device=self.device)
         self.pos = torch.zeros(1, dtype=torch.long, device=self.device)
         self._host = torch.zeros(1, dtype=torch.long, pin_memory=self.graphs)
@@ -337,14 +371,18 @@ class FastDecoder:
         self._bind()
 
     def _bind(self) -> None:
+        """The model's step functions, compiled by Inductor unless the Triton kernels run."""
+        fns: dict[str, Callable[..., Any]] = {"layer": decode_layer, "head": _head_step}
+        fns.update(pre=attention_input, post=attention_output)
         if self.compile and self.kernels != "triton":
-            self._layer_fn = _compiled("layer", _layer_step)
-            self._pre_fn = _compiled("pre", _pre_step)
-            self._post_fn = _compiled("post", _post_step)
-            self._head_fn = _compiled("head", _head_step)
-        else:
-            self._layer_fn, self._head_fn = _layer_step, _head_step
-            self._pre_fn, self._post_fn = _pre_step, _post_step
+            fns = {name: _compiled(name, fn) for name, fn in fns.items()}
+        self._layer_fn, self._pre_fn = fns["layer"], fns["pre"]
+        self._post_fn, self._head_fn = fns["post"], fns["head"]
+
+    def _kvs(self) -> list[DeviceKV]:
+        inv_freq = self.model.rotary.inv_freq
+        pairs = zip(self.cache.k, self.cache.v, strict=True)
+        return [DeviceKV(k, v, self.pos, inv_freq) for k, v in pairs]
 
     # --- the step ------------------------------------------------------------------------
     def _body(self) -> torch.Tensor:
@@ -352,25 +390,16 @@ class FastDecoder:
             return self._body_triton()
         self._mark_seen()
         x = F.embedding(self.tok, self.model.model.embed_tokens.weight)  # (1, C)
-        inv_freq = self.model.rotary.inv_freq
-        for i, (w, consts) in enumerate(zip(self.layer_weights, self.layer_consts, strict=True)):
-            kc, vc = self.cache.k[i], self.cache.v[i]
-            if self.att is None:
-                x = self._layer_fn(x, self.pos, inv_freq, w, kc, vc, consts)
+        ops = self.torch_ops
+        for w, kv in zip(self.weights.layers, self._kvs(), strict=True):
+            if self.triton_ops is None:
+                x = self._layer_fn(ops, x, w, kv)  # the whole layer, compiled
                 continue
-            qkv = self._pre_fn(x, w[0], w[1], self.eps)  # (1, (H + 2 KV) * hd)
-            y = self.att(
-                qkv.view(-1),
-                kc,
-                vc,
-                self.pos,
-                inv_freq,
-                use_rope=consts[6],
-                window=consts[7],
-                rope_scaling=consts[5],
-            )  # (H * hd,)
-            x = self._post_fn(x, y.view(1, -1), w, self.eps, consts[3])
-        logits, nxt = self._head_fn(x, self.model.model.norm.weight, self.eps, self.head)
+            # the phases around attention compiled, our Triton attention between them
+            qkv = self._pre_fn(ops, x, w)  # (1, (H + 2 KV) * hd)
+            y = self.triton_ops.attention(qkv.view(-1), w.spec, kv)  # (H * hd,)
+            x = self._post_fn(ops, x, y.view(1, -1), w)
+        logits, nxt = self._head_fn(ops, x, self.weights.head)
         if self.sampling is None:
             self.tok.copy_(nxt)
         else:
@@ -393,29 +422,12 @@ class FastDecoder:
         self.tok.copy_(pick(scores, p, self._gen).view(1))
 
     def _body_triton(self) -> torch.Tensor:
-        from smolchat.engine.kernels import argmax, gemv, matvec
+        from smolchat.engine.kernels import argmax
 
-        assert self.att is not None  # the Triton body runs only with Triton attention
-        eps, inv_freq = self.eps, self.model.rotary.inv_freq
+        assert self.triton_ops is not None and self.triton_weights is not None
         self._mark_seen()
         x = F.embedding(self.tok, self.model.model.embed_tokens.weight)[0]  # (C,), updated in place
-        for i, (w, consts) in enumerate(zip(self.triton_weights, self.layer_consts, strict=True)):
-            ln1, qkv_w, o_w, ln2, gu_w, down_w = w
-            qkv = matvec(x, qkv_w, norm=ln1, eps=eps)
-            y = self.att(
-                qkv,
-                self.cache.k[i],
-                self.cache.v[i],
-                self.pos,
-                inv_freq,
-                use_rope=consts[6],
-                window=consts[7],
-                rope_scaling=consts[5],
-            )
-            matvec(y, o_w, res=x, out=x)
-            a = matvec(x, gu_w, norm=ln2, eps=eps, gated=True)
-            matvec(a, down_w, res=x, out=x)
-        logits = gemv(x, self.head[1], norm=self.model.model.norm.weight, eps=eps)
+        logits = decode_step(self.triton_ops, x, self.triton_weights, self._kvs())  # (V,)
         if self.sampling is None:
             argmax(logits, self.tok)
         else:
@@ -432,11 +444,17 @@ class FastDecoder:
         t0 = time.perf_counter()
         cache = TuningCache(default_path())
         platform = Platform.current(self.device)
-        w = list(zip(*self.triton_weights, strict=True))  # per slot: that slot of every layer
-        ln1, ln2 = w[0][0], w[3][0]
+        assert self.triton_weights is not None
+        layers = self.triton_weights.layers
+        ln1, ln2 = layers[0].ln1, layers[0].ln2
         dt, dev = ln1.dtype, self.device
         x = torch.randn(ln1.shape[0], device=dev, dtype=dt)
-        mats = {"qkv": list(w[1]), "o": list(w[2]), "gu": list(w[4]), "down": list(w[5])}
+        mats = {
+            "qkv": [w.qkv for w in layers],
+            "o": [w.o for w in layers],
+            "gu": [w.gate_up for w in layers],
+            "down": [w.down for w in layers],
+        }
         y = torch.randn(mats["o"][0].shape[1], device=dev, dtype=dt)
         a = torch.randn(mats["down"][0].shape[1], device=dev, dtype=dt)
         c, pf = cache, platform
@@ -445,7 +463,7 @@ class FastDecoder:
             "o": tune_gemv(y, mats["o"], res=x, cache=c, platform=pf),
             "gate_up": tune_gemv(x, mats["gu"], norm=ln2, gated=True, cache=c, platform=pf),
             "down": tune_gemv(a, mats["down"], res=x, cache=c, platform=pf),
-            "head": tune_gemv(x, [self.head[1]], norm=ln1, cache=c, platform=pf),
+            "head": tune_gemv(x, [self.triton_weights.head.weight], norm=ln1, cache=c, platform=pf),
         }
         self.tuning = {name: (cfg, secs) for name, (cfg, secs, _) in found.items()}
         self.tuning_cached = all(hit for _, _, hit in found.values())
@@ -513,7 +531,7 @@ class FastDecoder:
             if self.kernels == "triton":
                 log.warning("Triton decode kernels failed (%s); using Inductor", exc)
                 self.kernels = "inductor" if self.compile else "eager"
-                self.att = None
+                self.att = self.triton_ops = None
                 self._bind()
                 return self.prepare()
             if not self.compile:
@@ -523,7 +541,7 @@ class FastDecoder:
             log.warning("torch.compile failed (%s); capturing the uncompiled step", exc)
             self.compile = False
             self.kernels = "eager"
-            self.layer_consts = [c[:-1] + (False,) for c in self.layer_consts]
+            self.torch_ops = SDPA_TORCH_OPS
             self._bind()
             self._capture()
 
