@@ -171,7 +171,7 @@ class ScriptedEngine:
     def reset_cache(self) -> None:
         self.cached_ids = []
 
-    def generate(self, ids, sampling=None, max_new_tokens=256):
+    def generate(self, ids, sampling=None, max_new_tokens=256, progress=False):
         self.calls.append(list(ids))
         self._cancel.clear()
         keep = 0

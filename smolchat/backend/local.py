@@ -25,6 +25,7 @@ from smolchat.backend.types import (
     Finished,
     GenerationRequest,
     GenerationStats,
+    PrefillProgress,
     StreamLock,
     error_line,
     plan_reply,
@@ -127,7 +128,8 @@ class LocalBackend:
     """A :class:`~smolchat.backend.types.Backend` over an in-process :class:`Engine`.
 
     ``engine``: what :func:`smolchat.load` returns (or anything with its interface: a
-    ``tokenizer`` with ``encode_chat``/``decode``/``stream_decoder``, ``generate``, ``cancel``,
+    ``tokenizer`` with ``encode_chat``/``decode``/``stream_decoder``, ``generate`` (called
+    with ``progress=True``: it may yield PrefillProgress before its first token), ``cancel``,
     ``reset_cache``, ``context_length``, ``eos_token_ids``, ``model_name``, ``device``,
     ``dtype``, ``quantize``, ``generation_defaults``).
     """
@@ -289,9 +291,16 @@ class LocalBackend:
             if cancel.cancelled:  # cancelled before the first token
                 finish = "cancelled"
             else:
-                stream = engine.generate(ids, sampling=request.sampling, max_new_tokens=budget)
+                stream = engine.generate(
+                    ids, sampling=request.sampling, max_new_tokens=budget, progress=True
+                )
                 cancel.on_cancel(engine.cancel)
                 for event in stream:
+                    if isinstance(event, PrefillProgress):
+                        yield event
+                        if cancel.cancelled:
+                            engine.cancel()  # the engine cleared its flag when it started
+                        continue
                     is_eos = event.finish_reason == "stop" and event.token_id in eos
                     if event.token_id is not None and not is_eos:
                         produced.append(event.token_id)

@@ -3,7 +3,10 @@
 A :class:`Backend` takes a :class:`GenerationRequest` (the conversation as typed messages, the
 system prompt, thinking on/off, sampling settings, ``max_new_tokens`` and a :class:`CancelToken`)
 and streams typed events: :class:`ReasoningDelta`, :class:`AnswerDelta`, then exactly one
-:class:`Finished` (stats and a truthful finish reason). It also answers what the UI needs: model
+:class:`Finished` (stats and a truthful finish reason). Before the first delta a backend may
+send :class:`PrefillProgress` events while it reads a long prompt (the local backend does when
+the prefill takes more than one chunk; a remote one never does); a consumer that has no use
+for them ignores them. It also answers what the UI needs: model
 name, context limit, whether the model has a thinking mode, how many tokens a conversation takes,
 and a one-line description for the status bar.
 
@@ -27,7 +30,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from smolchat.engine.types import FinishReason, GenerationStats, SamplingParams
+from smolchat.engine.types import FinishReason, GenerationStats, PrefillProgress, SamplingParams
 from smolchat.errors import ContextOverflowError, SmolchatError
 
 __all__ = [
@@ -45,6 +48,7 @@ __all__ = [
     "Finished",
     "GenerationRequest",
     "GenerationStats",
+    "PrefillProgress",
     "ReasoningDelta",
     "ReplyStream",
     "Role",
@@ -180,7 +184,11 @@ class Finished:
     answer: str | None = None
 
 
-BackendEvent = ReasoningDelta | AnswerDelta | Finished
+# PrefillProgress(done, total) (smolchat.engine.types, re-exported here): ``done`` of the
+# ``total`` prompt tokens the model had to read (those reused from the KV cache not counted)
+# are read; only before the first delta, ``done`` never decreasing. Optional: a stream may
+# have none (a short prompt, a remote server).
+BackendEvent = ReasoningDelta | AnswerDelta | PrefillProgress | Finished
 
 
 def plan_reply(

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from smolchat.backend.types import AnswerDelta, FinishReason, GenerationStats, ReasoningDelta
+from smolchat.backend.types import (
+    AnswerDelta,
+    FinishReason,
+    GenerationStats,
+    PrefillProgress,
+    ReasoningDelta,
+)
 
-__all__ = ["AnswerDelta", "ChatEvent", "ReasoningDelta", "TurnFinished"]
+__all__ = ["AnswerDelta", "ChatEvent", "PrefillProgress", "ReasoningDelta", "TurnFinished"]
 
 
 @dataclass
@@ -20,4 +26,6 @@ class TurnFinished:
     error: str | None = None  # one-line message when finish_reason == "error"
 
 
-ChatEvent = ReasoningDelta | AnswerDelta | TurnFinished
+# PrefillProgress: the backend is still reading a long prompt (before the first delta; a UI
+# may show it or ignore it).
+ChatEvent = ReasoningDelta | AnswerDelta | PrefillProgress | TurnFinished

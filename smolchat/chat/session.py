@@ -27,6 +27,7 @@ from smolchat.backend.types import (
     FinishReason,
     GenerationRequest,
     GenerationStats,
+    PrefillProgress,
     ReasoningDelta,
     ReplyStream,
     error_line,
@@ -165,7 +166,8 @@ class ChatSession:
         return self.backend.open(request)
 
     def send(self, text: str, *, replace: int | None = None) -> Iterator[ChatEvent]:
-        """Answer ``text``; stream ReasoningDelta/AnswerDelta, then one TurnFinished.
+        """Answer ``text``; stream ReasoningDelta/AnswerDelta, then one TurnFinished
+        (PrefillProgress before the first delta while the backend reads a long prompt).
 
         A message ending with ``/think`` or ``/no_think`` uses that mode for this turn only.
         ``replace``: the exchange (0 = the first) this message replaces, with everything after
@@ -277,6 +279,8 @@ class ChatSession:
                         yield event
                     elif isinstance(event, AnswerDelta):
                         answer.append(event.text)
+                        yield event
+                    elif isinstance(event, PrefillProgress):
                         yield event
                     elif isinstance(event, Finished):
                         end = event

@@ -1,13 +1,16 @@
 """The engine: token ids in, token ids out, with a reusable KV cache.
 
 ``generate`` crops the cache to the longest common prefix with the new ids, prefills only
-the rest (in chunks), then decodes one token at a time, streaming events.
+the rest in chunks of ``Engine.prefill_chunk`` tokens (each chunk attends to the cache the
+chunks before it wrote; with ``progress=True`` a :class:`PrefillProgress` follows each one),
+then decodes one token at a time, streaming events.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
 from collections.abc import Generator, Iterator, Sequence
@@ -18,15 +21,43 @@ import torch
 from smolchat.engine.cpu import CPUDecoder, cpu_step_enabled
 from smolchat.engine.fast import FastDecoder, fast_path_enabled
 from smolchat.engine.sampling import make_sampler
-from smolchat.engine.types import FinishReason, GenerationEvent, GenerationStats, SamplingParams
+from smolchat.engine.types import (
+    FinishReason,
+    GenerationEvent,
+    GenerationStats,
+    PrefillProgress,
+    SamplingParams,
+)
 from smolchat.errors import ContextOverflowError, SmolchatError
 from smolchat.model.cache import KVCache
 from smolchat.model.config import ModelConfig
 from smolchat.model.network import CausalLM
 
-PREFILL_CHUNK = 8192  # tokens per prefill forward (long prompts go in chunks)
+# Tokens per prefill forward (long prompts go in chunks; progress is reported per chunk). On
+# the CPU a chunk of 512 costs nothing measurable and shows progress every few seconds; on a
+# GPU big chunks keep the matrix units busy (and prompts up to 8192 tokens in one forward).
+PREFILL_CHUNK = 8192
+PREFILL_CHUNK_CPU = 512
+ENV_PREFILL_CHUNK = "SMOLCHAT_PREFILL_CHUNK"  # overrides both (a whole number >= 1)
 
 log = logging.getLogger(__name__)
+
+
+def prefill_chunk_size(device: torch.device) -> int:
+    """Tokens per prefill forward on ``device``: ``$SMOLCHAT_PREFILL_CHUNK`` if set, else
+    PREFILL_CHUNK_CPU on the CPU and PREFILL_CHUNK elsewhere.
+
+    Raises SmolchatError (one line) for a value that is not a whole number >= 1."""
+    default = PREFILL_CHUNK_CPU if device.type == "cpu" else PREFILL_CHUNK
+    raw = os.environ.get(ENV_PREFILL_CHUNK, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise SmolchatError(
+            f"{ENV_PREFILL_CHUNK}={raw!r}: expected a whole number of tokens >= 1 "
+            f"(default here {default})"
+        )
+    return int(raw)
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -68,6 +99,7 @@ class Engine:
             fast = fast_path_enabled(self.device)
         self.fast = FastDecoder(model, self.cache) if fast else None
         self.cpu = CPUDecoder(model, self.cache) if cpu_step_enabled(model, self.device) else None
+        self.prefill_chunk = prefill_chunk_size(self.device)  # tokens per prefill forward
         self.cached_ids: list[int] = []
         self.last_stats: GenerationStats | None = None
         self._cancel = threading.Event()
@@ -120,24 +152,32 @@ class Engine:
         sampling: SamplingParams | None = None,
         max_new_tokens: int = 256,
         stop_ids: Sequence[int] | None = None,
-    ) -> Iterator[GenerationEvent]:
+        *,
+        progress: bool = False,
+    ) -> Iterator[GenerationEvent | PrefillProgress]:
         """Stream events for the reply to ``ids``; the last event has finish_reason and stats.
 
         The reply ends at ``max_new_tokens`` (finish reason ``length``) or where the context
-        window is full (``context``, when it comes first)."""
+        window is full (``context``, when it comes first). ``progress=True``: a prefill of
+        more than one chunk (``prefill_chunk`` tokens) also yields ``PrefillProgress(done,
+        total)`` before its first chunk and after each one (``total``: the tokens the cache
+        lacked). A cancel during the prefill ends it after the current chunk, with finish
+        reason ``cancelled`` and no token."""
         if not self._lock.acquire(blocking=False):
             raise SmolchatError("the engine is already generating; wait for it or cancel it")
         try:
             self._cancel.clear()
             self._forced.clear()
             yield from self._generate(
-                list(ids), sampling or SamplingParams(), max_new_tokens, stop_ids
+                list(ids), sampling or SamplingParams(), max_new_tokens, stop_ids, progress
             )
         finally:
             self._lock.release()
 
     @torch.inference_mode()
-    def _generate(self, ids, sampling, max_new_tokens, stop_ids) -> Iterator[GenerationEvent]:
+    def _generate(
+        self, ids, sampling, max_new_tokens, stop_ids, progress
+    ) -> Iterator[GenerationEvent | PrefillProgress]:
         if not ids:
             raise SmolchatError("nothing to generate from: the prompt has no tokens")
         if max_new_tokens < 1:
@@ -154,7 +194,19 @@ class Engine:
         stats = GenerationStats(prompt_tokens=len(ids))
         t0 = time.perf_counter()
 
-        logits = self._prefill(ids, stats)
+        logits = None
+        for step in self._prefill_steps(ids, stats):
+            if isinstance(step, PrefillProgress):
+                if progress:
+                    yield step
+                if self._cancel.is_set() and step.done < step.total:
+                    stats.finish_reason = "cancelled"
+                    self.last_stats = stats
+                    yield GenerationEvent(None, "", "cancelled", stats)
+                    return
+            else:
+                logits = step
+        assert logits is not None
         # the fast decoder's generator: the first token is drawn here, the rest in its step
         gen = self.fast.generator() if self.fast is not None else None
         sample = make_sampler(sampling, self.device, generator=gen)
@@ -262,23 +314,39 @@ class Engine:
 
     def _prefill(self, ids: list[int], stats: GenerationStats) -> torch.Tensor:
         """Run the ids the cache lacks; return the logits (V,) of the last position."""
+        *_, logits = self._prefill_steps(ids, stats)
+        assert isinstance(logits, torch.Tensor)
+        return logits
+
+    def _prefill_steps(
+        self, ids: list[int], stats: GenerationStats
+    ) -> Iterator[PrefillProgress | torch.Tensor]:
+        """Run the ids the cache lacks, ``prefill_chunk`` at a time (chunk k attends to the
+        cache of chunks < k). Yields PrefillProgress before the first chunk and after each
+        (only when there is more than one), then the logits (V,) of the last position."""
         keep = common_prefix(self.cached_ids, ids)
         if keep == len(ids):  # everything cached: recompute the last position for its logits
             keep -= 1
         self.cache.crop(keep)
         self.cached_ids = self.cached_ids[:keep]
         stats.cached_tokens = keep
-        stats.prefilled_tokens = len(ids) - keep
+        stats.prefilled_tokens = total = len(ids) - keep
         self.cache.ensure_capacity(len(ids))
+        size = max(1, int(self.prefill_chunk))
+        report = total > size
+        if report:
+            yield PrefillProgress(0, total)
         logits = None
-        for start in range(keep, len(ids), PREFILL_CHUNK):
-            chunk = ids[start : start + PREFILL_CHUNK]
+        for start in range(keep, len(ids), size):
+            chunk = ids[start : start + size]
             x = torch.tensor([chunk], dtype=torch.long, device=self.device)
             logits = self.model(x, self.cache, start, last_only=True)
             self.cache.length = start + len(chunk)
             self.cached_ids.extend(chunk)
+            if report:
+                yield PrefillProgress(self.cache.length - keep, total)
         assert logits is not None  # keep < len(ids): at least one chunk ran
-        return logits[0, -1]
+        yield logits[0, -1]
 
     def _step(self, token_id: int) -> torch.Tensor:
         """Feed one token; return the next logits (V,)."""

@@ -109,3 +109,16 @@ class GenerationEvent:
     text: str
     finish_reason: FinishReason | None = None
     stats: GenerationStats | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class PrefillProgress:
+    """How far the prefill of a long prompt has got: ``done`` of ``total`` tokens.
+
+    ``total``: the prompt tokens the KV cache lacked (those reused from the cache are not
+    counted); ``0 <= done <= total``, non-decreasing. Emitted (on request) before the first
+    prefill chunk and after each one, only when the prefill takes more than one chunk.
+    """
+
+    done: int
+    total: int

@@ -6,12 +6,15 @@ backend (the remote backend against a real ``transformers serve``, ``smolchat se
 1. write ``def my_backend(request) -> Subject`` that builds (or takes from a session-scoped
    fixture, ``request.getfixturevalue("...")``) a started backend, and says how to drive it:
    ``stop_prompt`` (a message it answers and ends by itself, or None), and the optional hooks
-   ``never_stop`` / ``limit_context`` / ``failing`` (context managers; None where the backend
-   cannot be made to do that: those tests are skipped for it, with the reason);
+   ``never_stop`` / ``limit_context`` / ``failing`` / ``long_prefill`` (context managers;
+   None where the backend cannot be made to do that: those tests are skipped for it, with the
+   reason);
 2. append ``pytest.param(my_backend, id="my-backend", marks=...)`` to ``FACTORIES``.
 
 The contract: one stream runs at a time (a second one's first ``next()`` raises
-BackendBusyError); events are deltas then exactly one Finished, last; every finish reason is
+BackendBusyError); events are deltas then exactly one Finished, last (PrefillProgress only
+before the first delta, never going back: a remote backend never sends it); a cancel during
+the prefill ends the stream with no token; every finish reason is
 truthful (stop, length, context, cancelled, error); a cancel ends the stream within a token;
 a stream releases the backend when it produces Finished (even while still referenced: the
 /retry bug of issue 10), when closed early, on error, when leaving ``with``, and on GC; a turn
@@ -41,6 +44,7 @@ from smolchat.backend.types import (
     Conversation,
     Finished,
     GenerationRequest,
+    PrefillProgress,
     ReasoningDelta,
     ReplyStream,
 )
@@ -61,6 +65,7 @@ class Subject:
     never_stop: Callable[[], ContextManager[None]] | None = None  # the model never ends
     limit_context: Callable[[int], ContextManager[None]] | None = None  # context_limit = n
     failing: Callable[[int], ContextManager[None]] | None = None  # fails after n tokens
+    long_prefill: Callable[[], ContextManager[None]] | None = None  # prefill in many chunks
 
 
 # --- factories ----------------------------------------------------------------------------
@@ -88,7 +93,17 @@ def _engine_hooks(engine) -> dict:
         with mock.patch.object(engine, "generate", generate):
             yield
 
-    return {"never_stop": never_stop, "limit_context": limit_context, "failing": failing}
+    @contextlib.contextmanager
+    def long_prefill() -> Iterator[None]:
+        with mock.patch.object(engine, "prefill_chunk", 8):
+            yield
+
+    return {
+        "never_stop": never_stop,
+        "limit_context": limit_context,
+        "failing": failing,
+        "long_prefill": long_prefill,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +246,7 @@ def remote_smolchat_serve(request) -> Subject:
     server = request.getfixturevalue("smolchat_serve")
     backend = RemoteBackend(server.url, tokenizer=str(request.getfixturevalue("tiny_model")))
     hooks = _engine_hooks(engine)
-    hooks.update(_remote_hooks(backend))
+    hooks.update(_remote_hooks(backend), long_prefill=None)  # the server keeps it to itself
     return Subject(backend, True, None, **hooks)
 
 
@@ -256,7 +271,7 @@ def remote_smolchat_serve_gguf(request) -> Subject:
     engine.reset_cache()
     backend = RemoteBackend(request.getfixturevalue("smolchat_serve_gguf").url)
     hooks = _engine_hooks(engine)
-    hooks["limit_context"] = None
+    hooks.update(limit_context=None, long_prefill=None)
     return Subject(backend, False, "What is the capital of France?", **hooks)
 
 
@@ -293,9 +308,15 @@ def drain(stream: ReplyStream) -> list:
 
 
 def check_order(events: list) -> Finished:
-    """Deltas, then exactly one Finished, last; its stats agree with it."""
+    """Deltas, then exactly one Finished, last; its stats agree with it. PrefillProgress only
+    before the first delta, ``done`` never decreasing and within ``total``."""
     assert events and isinstance(events[-1], Finished)
-    assert all(isinstance(e, (ReasoningDelta, AnswerDelta)) for e in events[:-1])
+    progress = [e for e in events if isinstance(e, PrefillProgress)]
+    assert events[: len(progress)] == progress  # all before the first delta
+    deltas = events[len(progress) : -1]
+    assert all(isinstance(e, (ReasoningDelta, AnswerDelta)) for e in deltas)
+    assert all(0 <= p.done <= p.total for p in progress)
+    assert [p.done for p in progress] == sorted(p.done for p in progress)
     end = events[-1]
     assert end.finish_reason in FINISH_REASONS
     assert end.stats.finish_reason == end.finish_reason
@@ -407,6 +428,30 @@ def test_cancel_before_the_first_token(subject: Subject) -> None:
     req.cancel.cancel()
     end = check_order(drain(stream))
     assert end.finish_reason == "cancelled" and end.stats.generated_tokens == 0
+
+
+def test_prefill_progress_of_a_long_prompt(subject: Subject) -> None:
+    with need(subject.long_prefill, "prefill in several chunks")():
+        events = drain(subject.backend.open(request_for(max_new_tokens=2)))
+    end = check_order(events)
+    progress = [e for e in events if isinstance(e, PrefillProgress)]
+    assert len(progress) >= 3, progress  # before the first chunk, and after each
+    assert progress[0].done == 0 and progress[-1].done == progress[-1].total
+    assert {p.total for p in progress} == {end.stats.prefilled_tokens}
+    assert end.finish_reason != "error", end.error
+
+
+def test_cancel_during_the_prefill(subject: Subject) -> None:
+    req = request_for(max_new_tokens=LONG)
+    with need(subject.long_prefill, "prefill in several chunks")():
+        stream = subject.backend.open(req)
+        first = next(stream)
+        assert isinstance(first, PrefillProgress) and first.done == 0
+        req.cancel.cancel()
+        rest = drain(stream)
+    end = check_order([first, *rest])
+    assert end.finish_reason == "cancelled" and end.stats.generated_tokens == 0
+    assert_free(subject.backend)
 
 
 # --- one stream at a time, and lifetimes --------------------------------------------------

@@ -188,7 +188,7 @@ def scripted(engine, text: str):
     tok = engine.tokenizer
     ids = [*tok.encode(text), tok.eos_token_ids[0]]
 
-    def generate(prompt, sampling=None, max_new_tokens=256, stop_ids=None):
+    def generate(prompt, sampling=None, max_new_tokens=256, stop_ids=None, progress=False):
         decoder = tok.stream_decoder()
         for n, token in enumerate(ids):
             last = n == len(ids) - 1

@@ -8,7 +8,8 @@ one runs (its lock is held from the first event until the generator ends or is c
 
 It has the engine's interface: a tokenizer (ChatML rendering with SmolLM3's no-think block,
 char-level ids, word-level generated pieces), ``generate`` streaming GenerationEvents with an
-optional delay per token, thread-safe ``cancel``, ``cached_ids``, ``context_length``,
+optional delay per token (and PrefillProgress per ``prefill_chunk`` prompt ids when that is
+set and ``progress=True``), thread-safe ``cancel``, ``cached_ids``, ``context_length``,
 ``generation_defaults``, ``model_name``, ``device``, ``dtype``, ``quantize``.
 """
 
@@ -20,7 +21,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from smolchat.engine.types import FinishReason, GenerationEvent, GenerationStats, SamplingParams
+from smolchat.engine.types import (
+    FinishReason,
+    GenerationEvent,
+    GenerationStats,
+    PrefillProgress,
+    SamplingParams,
+)
 from smolchat.errors import SmolchatError
 
 SPECIALS = [
@@ -148,6 +155,7 @@ class FakeEngine:
         self.cached_ids: list[int] = []
         self.last_stats: GenerationStats | None = None
         self.calls: list[dict[str, Any]] = []  # what each generate() was asked
+        self.prefill_chunk: int | None = None  # None: no PrefillProgress events
         self._cancel = threading.Event()
         self._lock = threading.Lock()
 
@@ -170,18 +178,29 @@ class FakeEngine:
         ids: Sequence[int],
         sampling: SamplingParams | None = None,
         max_new_tokens: int = 256,
-    ) -> Iterator[GenerationEvent]:
+        *,
+        progress: bool = False,
+    ) -> Iterator[GenerationEvent | PrefillProgress]:
         if not self._lock.acquire(blocking=False):
             raise SmolchatError("the engine is already generating; wait for it or cancel it")
         try:
-            yield from self._generate(list(ids), sampling, max_new_tokens)
+            yield from self._generate(list(ids), sampling, max_new_tokens, progress)
         finally:
             self._lock.release()
 
     def _generate(
-        self, ids: list[int], sampling: SamplingParams | None, max_new_tokens: int
-    ) -> Iterator[GenerationEvent]:
+        self, ids: list[int], sampling: SamplingParams | None, max_new_tokens: int, progress: bool
+    ) -> Iterator[GenerationEvent | PrefillProgress]:
         self._cancel.clear()
+        chunk = self.prefill_chunk
+        if progress and chunk is not None and len(ids) > chunk:
+            for done in [*range(0, len(ids), chunk), len(ids)]:
+                yield PrefillProgress(done, len(ids))
+                if self._cancel.is_set() and done < len(ids):
+                    stats = GenerationStats(prompt_tokens=len(ids), finish_reason="cancelled")
+                    self.last_stats = stats
+                    yield GenerationEvent(None, "", "cancelled", stats)
+                    return
         room = self.context_length - len(ids)
         cut: FinishReason = "context" if room < max_new_tokens else "length"
         max_new_tokens = min(max_new_tokens, room)

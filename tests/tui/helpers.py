@@ -13,6 +13,7 @@ from textual.notifications import Notification, Notify
 from textual.pilot import Pilot
 
 from smolchat.tui.screens.chat import ChatScreen
+from smolchat.tui.widgets.status import StatusBar
 
 SIZE = (100, 30)
 
@@ -83,3 +84,8 @@ async def idle(pilot: Pilot, screen: ChatScreen) -> None:
     await wait_for(pilot, lambda: not screen.generating)
     await pilot.pause()
     await asyncio.sleep(0)
+
+
+def status_line(screen: ChatScreen) -> str:
+    """The status bar's text as shown."""
+    return str(screen.query_one(StatusBar).render())

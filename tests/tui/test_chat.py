@@ -7,10 +7,9 @@ from textual.widgets.markdown import MarkdownFence
 
 from smolchat.tui.screens.chat import ChatScreen
 from smolchat.tui.widgets.conversation import AssistantMessage, UserMessage
-from smolchat.tui.widgets.status import StatusBar
 from tests.tui.conftest import make_app
 from tests.tui.fake_engine import CODE_REPLY, FakeEngine
-from tests.tui.helpers import chat_screen, idle, running, submit, texts, wait_for
+from tests.tui.helpers import chat_screen, idle, running, status_line, submit, texts, wait_for
 
 LONG_REPLY = "<think>\nLet me count.\n</think>\n" + " ".join(f"w{i}" for i in range(300))
 
@@ -21,10 +20,6 @@ def long_reply(_question: str) -> str:
 
 def replies(screen: ChatScreen) -> list[AssistantMessage]:
     return list(screen.query(AssistantMessage))
-
-
-def status_line(screen: ChatScreen) -> str:
-    return str(screen.query_one(StatusBar).render())
 
 
 async def test_type_and_send_shows_the_exchange() -> None:

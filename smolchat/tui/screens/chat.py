@@ -40,7 +40,13 @@ from smolchat.chat.commands import (
     run_command,
 )
 from smolchat.chat.context import compose, context_of
-from smolchat.chat.events import AnswerDelta, ChatEvent, ReasoningDelta, TurnFinished
+from smolchat.chat.events import (
+    AnswerDelta,
+    ChatEvent,
+    PrefillProgress,
+    ReasoningDelta,
+    TurnFinished,
+)
 from smolchat.chat.history import PromptHistory
 from smolchat.chat.library import ChatLibrary
 from smolchat.chat.thinking import resolve_thinking
@@ -161,6 +167,13 @@ class ChatScreen(Screen[None]):
             self.answer = answer
             self.tokens = tokens  # deltas streamed so far in this turn (about one per token)
 
+    class Prefill(Message):
+        """The backend is reading a long prompt: ``progress.done`` of ``progress.total``."""
+
+        def __init__(self, progress: PrefillProgress) -> None:
+            super().__init__()
+            self.progress = progress
+
     class TurnDone(Message):
         """The session finished the turn (stopped and failed turns included)."""
 
@@ -199,6 +212,7 @@ class ChatScreen(Screen[None]):
         self._quit_armed_at = -QUIT_WINDOW_S  # monotonic time of the last idle Ctrl+C
         self.editing: int | None = None  # the exchange the prompt's text will replace
         self._context_at_start = 0  # context use when the streaming turn started
+        self._prefill: PrefillProgress | None = None  # while a long prompt is read
         self.message_width = message_width
 
     # ---- layout -----------------------------------------------------------------------
@@ -299,6 +313,7 @@ class ChatScreen(Screen[None]):
                 context_limit=self.session.context_limit(),
                 last_stats=self.session.last_stats,
                 busy=self.generating,
+                prefill=self._prefill if self.generating else None,
             )
         )
 
@@ -425,6 +440,7 @@ class ChatScreen(Screen[None]):
         await self.conversation.mount_all(turn.widgets)
         self.conversation.anchor()
         self.turn = turn
+        self._prefill = None
         self._context_at_start = self.session.context_used()
         self.refresh_status()
         self._drawn.set()
@@ -439,7 +455,7 @@ class ChatScreen(Screen[None]):
         worker = get_current_worker()
         reasoning: list[str] = []
         answer: list[str] = []
-        last_post = 0.0
+        last_post = last_progress = 0.0
         streamed = 0
         try:
             if drop:
@@ -458,6 +474,12 @@ class ChatScreen(Screen[None]):
                     self.post_message(self.Chunk("".join(reasoning), "".join(answer)))
                     self.post_message(self.TurnDone(event))
                     return
+                elif isinstance(event, PrefillProgress):
+                    now = time.monotonic()
+                    if now - last_progress >= FRAME_S or event.done == 0:
+                        self.post_message(self.Prefill(event))
+                        last_progress = now
+                    continue
                 now = time.monotonic()
                 if now - last_post >= FRAME_S and self._drawn.is_set():
                     self._drawn.clear()  # set again once the UI has drawn this chunk
@@ -474,12 +496,19 @@ class ChatScreen(Screen[None]):
             self.log.error(error)
             self.post_message(self.TurnFailed(f"internal error: {type(error).__name__}: {error}"))
 
+    @on(Prefill)
+    def _on_prefill(self, message: Prefill) -> None:
+        if self.turn is not None:
+            self._prefill = message.progress
+            self.refresh_status()
+
     @on(Chunk)
     async def _on_chunk(self, message: Chunk) -> None:
         if self.turn is not None:
             self.turn.reply.add_reasoning(message.reasoning)
             await self.turn.reply.add_answer(message.answer)
             if message.tokens:
+                self._prefill = None  # the reply has begun: the usual figures again
                 self.refresh_status(streamed=message.tokens)
         self.call_after_refresh(self._drawn.set)
 

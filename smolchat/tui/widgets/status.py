@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from textual import events
 from textual.widgets import Static
 
-from smolchat.backend.types import GenerationStats
+from smolchat.backend.types import GenerationStats, PrefillProgress
 from smolchat.chat.format import context_use
 
 SEPARATOR = " │ "
@@ -26,6 +26,7 @@ class StatusInfo:
     context_limit: int
     last_stats: GenerationStats | None = None
     busy: bool = False
+    prefill: PrefillProgress | None = None  # while busy: how much of a long prompt is read
 
     def parts(self) -> list[tuple[int, str]]:
         """(priority, text) of each field; the lowest priorities go first when space is short."""
@@ -39,7 +40,9 @@ class StatusInfo:
         if self.thinking is not None:
             parts.insert(2, (6, "think" if self.thinking else "no_think"))
         stats = self.last_stats
-        if self.busy:
+        if self.busy and self.prefill is not None:
+            parts.append((8, f"prefill {self.prefill.done:,}/{self.prefill.total:,}"))
+        elif self.busy:
             parts.append((8, "● generating"))
         elif stats is not None and stats.generated_tokens:
             parts.append((8, f"{stats.decode_tok_s:.1f} tok/s"))
