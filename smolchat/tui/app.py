@@ -70,15 +70,10 @@ class SmolchatApp(App[None]):
     CSS_PATH = "app.tcss"
     COMMANDS = {SmolchatCommands}  # Ctrl+P: our commands and keys, not Textual's own
     BINDINGS = [
-        Binding(
-            "ctrl+c",
-            "stop_or_quit",
-            "Stop / quit",
-            show=False,
-            priority=True,
-            tooltip="copy the selection; else stop the reply; else clear the draft (Ctrl+Z brings "
-            "it back); on an empty prompt, twice within 2 s: quit",
-        ),
+        # Priority, so that it closes a dialog whatever has the focus there (a modal screen
+        # hides the app's ordinary bindings); on the chat screen it stands aside (check_action)
+        # for the screen's ordinary Ctrl+C, which runs in order with the typed keys.
+        Binding("ctrl+c", "stop_or_quit", "", show=False, priority=True),
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True, tooltip="quit"),
     ]
 
@@ -248,6 +243,10 @@ class SmolchatApp(App[None]):
     # ---- quitting ---------------------------------------------------------------------
     def on_unmount(self) -> None:
         sys.setswitchinterval(self._switch_interval)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The app's Ctrl+C is off on the chat screen: the screen's own binding handles it."""
+        return action != "stop_or_quit" or not isinstance(self.screen, ChatScreen)
 
     def action_stop_or_quit(self) -> None:
         """Ctrl+C: on the chat screen see :meth:`ChatScreen.interrupt`; a dialog closes; while

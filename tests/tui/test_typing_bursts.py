@@ -25,9 +25,9 @@ from tests.tui.helpers import idle, running, wait_for
 
 def burst(app: App, *keys: str) -> None:
     """Queue ``keys`` at once, as the terminal driver does: text is typed character by
-    character, names such as ``"enter"`` are keys."""
+    character, names such as ``"enter"`` or ``"ctrl+g"`` are keys."""
     for key in keys:
-        if key in ("enter", "escape", "tab"):
+        if key in ("enter", "escape", "tab") or key.startswith(("ctrl+", "alt+")):
             app.post_message(events.Key(key, "\r" if key == "enter" else None))
             continue
         for char in key:

@@ -84,7 +84,19 @@ class ChatScreen(Screen[None]):
     """One conversation with a loaded model."""
 
     CSS_PATH = "../chat.tcss"
+    # Ctrl+C, Ctrl+G and Ctrl+R are ordinary (not priority) bindings: a key reaches them after
+    # the focused widget (the prompt, or the conversation) has handled the keys typed before
+    # it, so a burst such as "draft" + Ctrl+G edits the whole draft. The prompt's own Ctrl+C
+    # (copy) gives way when nothing is selected.
     BINDINGS = [
+        Binding(
+            "ctrl+c",
+            "interrupt",
+            "Stop / quit",
+            show=False,
+            tooltip="copy the selection; else stop the reply; else clear the draft (Ctrl+Z "
+            "brings it back); on an empty prompt, twice within 2 s: quit",
+        ),
         Binding("escape", "stop", "Stop", tooltip="stop the reply"),
         Binding("ctrl+y", "copy_reply", "Copy reply", priority=True, tooltip="copy the last reply"),
         Binding("ctrl+o", "copy_code", "Copy code", tooltip="copy the last code block"),
@@ -144,7 +156,6 @@ class ChatScreen(Screen[None]):
             "open_editor",
             "Editor",
             show=False,
-            priority=True,
             tooltip="edit the draft in $VISUAL / $EDITOR",
         ),
         Binding(
@@ -152,7 +163,6 @@ class ChatScreen(Screen[None]):
             "search_history",
             "Search",
             show=False,
-            priority=True,
             tooltip="search the past prompts (also those of earlier runs)",
         ),
     ]
@@ -723,6 +733,9 @@ class ChatScreen(Screen[None]):
             self.end_edit()
             self.prompt.clear()
             self.notify("Edit cancelled.", markup=False)
+
+    def action_interrupt(self) -> None:
+        self.interrupt()
 
     def interrupt(self) -> None:
         """Ctrl+C: copy the selection if there is one; else stop the streaming reply; else
