@@ -78,7 +78,7 @@ async def test_status_bar_shows_prefill_progress_then_the_reply_figures(
     engine, tmp_path, monkeypatch
 ) -> None:
     async with long_turn_held(engine, tmp_path, monkeypatch) as (pilot, screen, held, go):
-        await wait_for(pilot, lambda: "prefill " in status_line(screen))
+        await wait_for(pilot, lambda: f"prefill {CHUNK}/" in status_line(screen))
         line = status_line(screen)
         shown = re.search(r"prefill ([\d,]+)/([\d,]+)", line)
         assert shown, line

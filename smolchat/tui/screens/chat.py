@@ -465,7 +465,7 @@ class ChatScreen(Screen[None]):
         worker = get_current_worker()
         reasoning: list[str] = []
         answer: list[str] = []
-        last_post = last_progress = 0.0
+        last_post = 0.0
         streamed = 0
         try:
             if drop:
@@ -484,11 +484,8 @@ class ChatScreen(Screen[None]):
                     self.post_message(self.Chunk("".join(reasoning), "".join(answer)))
                     self.post_message(self.TurnDone(event))
                     return
-                elif isinstance(event, PrefillProgress):
-                    now = time.monotonic()
-                    if now - last_progress >= FRAME_S or event.done == 0:
-                        self.post_message(self.Prefill(event))
-                        last_progress = now
+                elif isinstance(event, PrefillProgress):  # one per prefill chunk: few
+                    self.post_message(self.Prefill(event))
                     continue
                 now = time.monotonic()
                 if now - last_post >= FRAME_S and self._drawn.is_set():
