@@ -311,6 +311,17 @@ def test_print_config_shows_the_values_in_force_and_whole_paths(
     assert file_rows["temperature"] == ["0.6", "default"]
 
 
+def test_print_config_puts_a_source_that_does_not_fit_the_terminal_on_its_own_line() -> None:
+    path = "/home/someone/models/a-model-folder-with-a-long-name"
+    rows = [("model", path, "command line"), ("top_p", "0.95", "default")]
+    assert cli.config_lines(rows, width=64) == [
+        f"model  {path}",
+        "       command line",
+        "top_p  0.95  default",
+    ]
+    assert cli.config_lines(rows) == [f"model  {path}  command line", "top_p  0.95  default"]
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

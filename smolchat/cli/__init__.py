@@ -435,9 +435,9 @@ def run_config(effective: Effective) -> RunConfig:
 
 
 def _print_config(effective: Effective) -> int:
-    """Print every setting's value in force and its source, one line each (values whole:
-    a long path pushes its source along, the terminal wraps it); the exit status (1 when a
-    setting had to be left out)."""
+    """Print every setting's value in force and its source (:func:`config_lines`, to the
+    terminal's width when stdout is one); the exit status (1 when a setting had to be left
+    out)."""
     config = effective.config
     if config is not None:
         state = "" if config.exists else " (not found: the built-in defaults)"
@@ -447,14 +447,30 @@ def _print_config(effective: Effective) -> int:
         typer.echo(f"config file: {config.path}{state}")
         if config.presets:
             typer.echo(f"presets: {', '.join(config.presets)}")
-    rows = effective.table(_defaults(effective))
-    width = max(len(k) for k, _, _ in rows)
-    value_width = max((len(v) for _, v, _ in rows if len(v) <= 40), default=0)
-    for key, value, source in rows:
-        typer.echo(f"{key:<{width}}  {value:<{value_width}}  {source}")
+    import shutil
+
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    for line in config_lines(effective.table(_defaults(effective)), width):
+        typer.echo(line)
     for problem in effective.problems:
         _error_line(f"{problem} (left out above; fix it: a chat does not start until then)")
     return ExitCode.ERROR if effective.problems else ExitCode.OK
+
+
+def config_lines(rows: Sequence[tuple[str, str, str]], width: int | None = None) -> list[str]:
+    """``(key, value, source)`` rows in columns, one line each; values and sources are never
+    cut. ``width``: a row wider than this puts its source on a line of its own, under the
+    values (None: every row on one line, for scripts)."""
+    key_width = max((len(k) for k, _, _ in rows), default=0)
+    value_width = max((len(v) for _, v, _ in rows if len(v) <= 40), default=0)
+    out: list[str] = []
+    for key, value, source in rows:
+        line = f"{key:<{key_width}}  {value:<{value_width}}  {source}"
+        if width is None or len(line) <= width:
+            out.append(line)
+        else:
+            out += [f"{key:<{key_width}}  {value}", " " * (key_width + 2) + source]
+    return out
 
 
 def _defaults(effective: Effective) -> dict[str, tuple[Any, Source]]:
