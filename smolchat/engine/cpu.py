@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from smolchat.model.cache import KVCache
-from smolchat.model.decode_step import DecodeWeights, HostKV, TorchOps, decode_step, rope_row
+from smolchat.model.decode_step import DecodeWeights, HostKV, TorchOps, rope_row
 from smolchat.model.network import CausalLM
 
 ENV_DISABLE = "SMOLCHAT_CPU_STEP"
@@ -61,4 +61,4 @@ class CPUDecoder:
         cos, sin = self._rope_at(pos)
         x = self.embed(torch.tensor([[token_id]]))[0]  # (1, C)
         kvs = [HostKV(k, v, pos, cos, sin) for k, v in zip(self.cache.k, self.cache.v, strict=True)]
-        return decode_step(self.ops, x, self.weights, kvs)[0]  # (V,)
+        return self.model.decode.run(self.ops, x, self.weights, kvs)[0]  # (V,)

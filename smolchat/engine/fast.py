@@ -1,15 +1,16 @@
 """The CUDA fast decode path: one token per CUDA-graph replay.
 
-- The step's math is the model's own one-token step (:mod:`smolchat.model.decode_step`:
-  ``decode_layer`` = ``attention_input``, ``attention``, ``attention_output``; then
-  ``decode_logits``); this module only supplies the ops it runs with and compiles / captures
-  it. :class:`StaticTorchOps`: RMSNorm, the fused q/k/v and gate/up projections (dense or NF4
-  through bitsandbytes' ``gemm_4bit``), RoPE, K/V written at a *device* position with
-  ``index_put``, attention over the whole cache bucket with the mask ``k_pos <= pos`` (and the
-  sliding window). ``torch.compile`` (Inductor) compiles the model's ``decode_layer`` with
-  these ops once, the cache length dynamic, so every bucket reuses the same code; with
-  coordinate-descent tuning, Inductor turns the batch-1 matmuls into reductions that fuse the
-  norms and activations in. :class:`TritonOps`: our kernels.
+- The step's math is the model's own one-token step (``model.decode``, a
+  :class:`~smolchat.model.decode_step.DecodeStep`: ``layer`` = ``attention_input``,
+  ``attention``, ``attention_output``; then ``logits``); this module only supplies the ops it
+  runs with and compiles / captures it. :class:`StaticTorchOps`: RMSNorm, the fused q/k/v
+  and gate/up projections (dense or NF4 through bitsandbytes' ``gemm_4bit``), RoPE, K/V
+  written at a *device* position with ``index_put``, attention over the whole cache bucket
+  with the mask ``k_pos <= pos`` (and the sliding window). ``torch.compile`` (Inductor)
+  compiles the model's ``decode.layer`` with these ops once, the cache length dynamic, so
+  every bucket reuses the same code; with coordinate-descent tuning, Inductor turns the
+  batch-1 matmuls into reductions that fuse the norms and activations in.
+  :class:`TritonOps`: our kernels.
 - The whole step (embedding, every layer, final norm, head, greedy argmax, position + 1) is
   captured as one ``torch.cuda.CUDAGraph`` per cache bucket. The cache grows by doubling, so
   there is at most one capture per doubling (a re-capture, not a recompile).
@@ -53,16 +54,7 @@ from torch import nn
 from smolchat.engine.sampling import apply_repetition_penalty_mask, pick
 from smolchat.engine.types import SamplingParams
 from smolchat.model.cache import KVCache
-from smolchat.model.decode_step import (
-    DecodeWeights,
-    Head,
-    LayerSpec,
-    attention_input,
-    attention_output,
-    decode_layer,
-    decode_logits,
-    decode_step,
-)
+from smolchat.model.decode_step import DecodeWeights, Head, LayerSpec
 from smolchat.model.network import CausalLM
 from smolchat.model.rope import apply_rotary
 
@@ -218,20 +210,24 @@ class TritonOps:
 
 
 def _head_step(
-    ops: StaticTorchOps, x: torch.Tensor, head: Head[LinearSpec]
+    logits_fn: Callable[..., torch.Tensor],
+    ops: StaticTorchOps,
+    x: torch.Tensor,
+    head: Head[LinearSpec],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = decode_logits(ops, x, head)  # (1, V)
+    """The model's ``decode.logits`` and the greedy pick, compiled together."""
+    logits = logits_fn(ops, x, head)  # (1, V)
     return logits, logits.argmax(dim=-1)
 
 
-_COMPILED: dict[str, Callable[..., Any]] = {}
+_COMPILED: dict[Callable[..., Any], Callable[..., Any]] = {}
 
 
-def _compiled(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
     """One torch.compile wrapper per function per process, so engines share compiled code."""
-    if name not in _COMPILED:
-        _COMPILED[name] = torch.compile(fn, fullgraph=True, options=COMPILE_OPTIONS)
-    return _COMPILED[name]
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, fullgraph=True, options=COMPILE_OPTIONS)
+    return _COMPILED[fn]
 
 
 def _triton_ok() -> bool:
@@ -372,10 +368,11 @@ class FastDecoder:
 
     def _bind(self) -> None:
         """The model's step functions, compiled by Inductor unless the Triton kernels run."""
-        fns: dict[str, Callable[..., Any]] = {"layer": decode_layer, "head": _head_step}
-        fns.update(pre=attention_input, post=attention_output)
+        step = self.model.decode
+        fns: dict[str, Callable[..., Any]] = {"layer": step.layer, "head": _head_step}
+        fns.update(pre=step.attention_input, post=step.attention_output)
         if self.compile and self.kernels != "triton":
-            fns = {name: _compiled(name, fn) for name, fn in fns.items()}
+            fns = {name: _compiled(fn) for name, fn in fns.items()}
         self._layer_fn, self._pre_fn = fns["layer"], fns["pre"]
         self._post_fn, self._head_fn = fns["post"], fns["head"]
 
@@ -399,7 +396,7 @@ class FastDecoder:
             qkv = self._pre_fn(ops, x, w)  # (1, (H + 2 KV) * hd)
             y = self.triton_ops.attention(qkv.view(-1), w.spec, kv)  # (H * hd,)
             x = self._post_fn(ops, x, y.view(1, -1), w)
-        logits, nxt = self._head_fn(ops, x, self.weights.head)
+        logits, nxt = self._head_fn(self.model.decode.logits, ops, x, self.weights.head)
         if self.sampling is None:
             self.tok.copy_(nxt)
         else:
@@ -427,7 +424,7 @@ class FastDecoder:
         assert self.triton_ops is not None and self.triton_weights is not None
         self._mark_seen()
         x = F.embedding(self.tok, self.model.model.embed_tokens.weight)[0]  # (C,), updated in place
-        logits = decode_step(self.triton_ops, x, self.triton_weights, self._kvs())  # (V,)
+        logits = self.model.decode.run(self.triton_ops, x, self.triton_weights, self._kvs())
         if self.sampling is None:
             argmax(logits, self.tok)
         else:

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from smolchat.errors import ConfigError
-
-SUPPORTED_ARCHITECTURES = {"SmolLM3ForCausalLM": "smollm3", "LlamaForCausalLM": "llama"}
+from smolchat.model import registry
 
 
 @dataclass(frozen=True)
@@ -61,15 +60,15 @@ class ModelConfig:
         arch_list = d.get("architectures") or []
         arch_name = arch_list[0] if arch_list else None
         if arch_name is None:
-            arch_name = {"smollm3": "SmolLM3ForCausalLM", "llama": "LlamaForCausalLM"}.get(
-                d.get("model_type", ""), d.get("model_type", "<none>")
-            )
-        if arch_name not in SUPPORTED_ARCHITECTURES:
+            family = registry.by_model_type(str(d.get("model_type", "")))
+            arch_name = family.causal_lm_class if family else d.get("model_type", "<none>")
+        known = registry.known().values()
+        arch = next((a for a in known if a.causal_lm_class == arch_name), None)
+        if arch is None:
             raise ConfigError(
                 f"unsupported architecture {arch_name!r}: smolchat runs "
-                f"{' and '.join(SUPPORTED_ARCHITECTURES)} checkpoints"
+                f"{' and '.join(registry.causal_lm_classes())} checkpoints"
             )
-        arch = SUPPORTED_ARCHITECTURES[arch_name]
         try:
             return _build(cls, arch, d)
         except (KeyError, TypeError, ValueError) as exc:
@@ -127,35 +126,16 @@ def _rope(d: dict[str, Any]) -> RopeConfig:
     )
 
 
-def _build(cls: type[ModelConfig], arch: str, d: dict[str, Any]) -> ModelConfig:
+def _build(cls: type[ModelConfig], arch: registry.Architecture, d: dict[str, Any]) -> ModelConfig:
     n_layers = int(d["num_hidden_layers"])
     n_heads = int(d["num_attention_heads"])
     hidden = int(d["hidden_size"])
     head_dim = d.get("head_dim") or hidden // n_heads
-    if arch == "smollm3":
-        interval = int(d.get("no_rope_layer_interval") or 4)
-        flags = d.get("no_rope_layers")
-        if flags is None:
-            flags = [int((i + 1) % interval != 0) for i in range(n_layers)]
-        use_rope = tuple(bool(flags[i]) for i in range(n_layers))
-        window = d.get("sliding_window") if d.get("use_sliding_window") else None
-        layer_types = d.get("layer_types")
-        if layer_types is None:
-            layer_types = [
-                "sliding_attention" if window is not None and not use_rope[i] else "full_attention"
-                for i in range(n_layers)
-            ]
-        sliding = tuple(
-            int(window) if window is not None and layer_types[i] == "sliding_attention" else None
-            for i in range(n_layers)
-        )
-    else:
-        use_rope = (True,) * n_layers
-        sliding = (None,) * n_layers
+    use_rope, sliding = arch.layers(d, n_layers)
     if d.get("hidden_act", "silu") not in ("silu", "swish"):
         raise ConfigError(f"unsupported activation {d.get('hidden_act')!r}: only silu is supported")
     return cls(
-        architecture=arch,
+        architecture=arch.model_type,
         vocab_size=int(d["vocab_size"]),
         hidden_size=hidden,
         intermediate_size=int(d["intermediate_size"]),
@@ -171,7 +151,7 @@ def _build(cls: type[ModelConfig], arch: str, d: dict[str, Any]) -> ModelConfig:
         sliding_window=sliding,
         attention_bias=bool(d.get("attention_bias", False)),
         mlp_bias=bool(d.get("mlp_bias", False)),
-        tie_word_embeddings=bool(d.get("tie_word_embeddings", arch == "smollm3")),
+        tie_word_embeddings=bool(d.get("tie_word_embeddings", arch.tie_word_embeddings)),
         bos_token_id=d.get("bos_token_id"),
         eos_token_ids=_ids(d.get("eos_token_id")),
         pad_token_id=d.get("pad_token_id"),

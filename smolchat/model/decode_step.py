@@ -9,7 +9,9 @@ attention over the KV cache, SwiGLU MLP)::
     a   = norm_linear_gated(x, ln2, gate_up, inter)
     x   = linear_residual(a, down, x)
 
-and, after the last layer, ``logits = norm_linear(x, final_norm, lm_head)``. *How* each op
+and, after the last layer, ``logits = norm_linear(x, final_norm, lm_head)``: the functions
+below, bundled as :data:`PRE_NORM` (a :class:`DecodeStep`), which a network class names as
+its ``decode`` (see :mod:`smolchat.model.registry`). *How* each op
 runs is the caller's choice: a :class:`DecodeOps` implementation. :class:`TorchOps` (here) is
 the plain torch one (any device, eager, host position); the engine has the CUDA-graph ops
 (device position, fixed cache bucket, compiled by Inductor) and the Triton-kernel ops
@@ -25,7 +27,8 @@ and position as that ops' attention takes it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Generic, NamedTuple, Protocol, TypeVar
 
 import torch
@@ -130,13 +133,28 @@ def decode_logits(ops: DecodeOps[W, K], x: torch.Tensor, head: Head[W]) -> torch
     return ops.norm_linear(x, head.norm, head.eps, head.weight)
 
 
-def decode_step(
-    ops: DecodeOps[W, K], x: torch.Tensor, weights: DecodeWeights[W], kvs: Sequence[K]
-) -> torch.Tensor:
-    """The embedded token ``x`` through every layer and the head: the logits (V)."""
-    for layer, kv in zip(weights.layers, kvs, strict=True):
-        x = decode_layer(ops, x, layer, kv)
-    return decode_logits(ops, x, weights.head)
+@dataclass(frozen=True)
+class DecodeStep:
+    """A family's one-token step: the functions the decoders run and the fast path compiles.
+
+    ``layer`` composes the family's ``attention_input`` and ``attention_output`` around
+    ``ops.attention``; a family that changes a phase supplies its own ``layer`` too."""
+
+    attention_input: Callable[..., torch.Tensor] = attention_input
+    attention_output: Callable[..., torch.Tensor] = attention_output
+    layer: Callable[..., torch.Tensor] = decode_layer
+    logits: Callable[..., torch.Tensor] = decode_logits
+
+    def run(
+        self, ops: DecodeOps[W, K], x: torch.Tensor, weights: DecodeWeights[W], kvs: Sequence[K]
+    ) -> torch.Tensor:
+        """The embedded token ``x`` through every layer and the head: the logits (V)."""
+        for layer, kv in zip(weights.layers, kvs, strict=True):
+            x = self.layer(ops, x, layer, kv)
+        return self.logits(ops, x, weights.head)
+
+
+PRE_NORM = DecodeStep()  # Llama / SmolLM3: pre-norm residual layers, SwiGLU MLP
 
 
 # --- the plain torch ops ---------------------------------------------------------------------

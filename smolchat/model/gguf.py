@@ -27,6 +27,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 
 from smolchat.errors import ModelLoadError
+from smolchat.model import registry
 
 T = GGMLQuantizationType
 
@@ -37,7 +38,6 @@ BLOCK_TYPES = frozenset(
 )
 SUPPORTED_TYPES = frozenset(FLOAT_TYPES) | BLOCK_TYPES
 
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "smollm3": "SmolLM3ForCausalLM"}
 
 # Rows dequantized per step, so a large embedding never needs several float copies at once.
 DEQUANT_CHUNK_ELEMS = 1 << 22
@@ -301,10 +301,11 @@ def build_config(f: GGUFFile) -> dict[str, Any]:
     arch = meta.get("general.architecture")
     if arch is None:
         raise ModelLoadError(f"{name} lacks general.architecture metadata; convert it again")
-    if arch not in ARCHITECTURES:
+    family = registry.by_model_type(str(arch))
+    if family is None:
         raise ModelLoadError(
             f"{name} holds a {arch!r} model; smolchat runs GGUF files of the "
-            f"{' and '.join(ARCHITECTURES)} architectures (SmolLM2, SmolLM3, Llama)"
+            f"{' and '.join(registry.known())} architectures (SmolLM2, SmolLM3, Llama)"
         )
 
     def key(k: str, default: Any = ...) -> Any:
@@ -329,7 +330,7 @@ def build_config(f: GGUFFile) -> dict[str, Any]:
         )
     n_layers = int(key("block_count"))
     cfg: dict[str, Any] = {
-        "architectures": [ARCHITECTURES[arch]],
+        "architectures": [family.causal_lm_class],
         "model_type": arch,
         "vocab_size": int(names["token_embd.weight"].shape[0]),
         "hidden_size": hidden,
@@ -348,8 +349,7 @@ def build_config(f: GGUFFile) -> dict[str, Any]:
         "tie_word_embeddings": "output.weight" not in names,
     }
     cfg.update(_token_ids(meta))
-    if arch == "smollm3":
-        cfg.update(_nope_layers(key, n_layers))
+    cfg.update(family.gguf_config(key, n_layers))
     return cfg
 
 
@@ -385,25 +385,6 @@ def _token_ids(meta: dict[str, Any]) -> dict[str, Any]:
         "eos_token_id": eos[0] if len(eos) == 1 else (eos or None),
         "pad_token_id": tid("padding_token_id"),
     }
-
-
-def _nope_layers(key: Any, n_layers: int) -> dict[str, Any]:
-    """SmolLM3 skips RoPE on some layers. llama.cpp stores no flag for it and hard-codes every
-    4th layer; use explicit metadata when a file has it."""
-    flags = key("no_rope_layers", None)
-    interval = int(key("no_rope_layer_interval", key("no_rope_layer_step", 4)))
-    if flags is None:
-        flags = [int((i + 1) % interval != 0) for i in range(n_layers)]
-    out: dict[str, Any] = {
-        "no_rope_layers": [int(x) for x in flags],
-        "no_rope_layer_interval": interval,
-        "use_sliding_window": False,
-        "sliding_window": None,
-    }
-    window = key("attention.sliding_window", None)
-    if window:
-        out.update(use_sliding_window=True, sliding_window=int(window))
-    return out
 
 
 # -- public API ---------------------------------------------------------------------------

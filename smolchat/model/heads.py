@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from smolchat.errors import TaskError, TaskInputError
+from smolchat.model import registry
 from smolchat.model.config import ModelConfig, read_json
 from smolchat.model.device import pick_device, pick_dtype
 from smolchat.model.meta import on_meta
@@ -52,7 +53,6 @@ TASKS: dict[str, str] = {
     "token-classification": "ForTokenClassification",
     "question-answering": "ForQuestionAnswering",
 }
-_FAMILIES = {"smollm3": "SmolLM3", "llama": "Llama"}
 _HEADS = ("lm_head", "score", "qa_outputs")  # top-level checkpoint names that are not decoder
 _DECODER_PREFIXES = ("model.", "transformer.", "")  # QA saves "transformer.*", SmolLM3Model ""
 
@@ -355,21 +355,21 @@ def _config(raw: dict[str, Any]) -> tuple[ModelConfig, str | None]:
     """The decoder's config (read as the family's CausalLM) and the class it was saved as."""
     archs = raw.get("architectures") or []
     saved_as = str(archs[0]) if archs else None
-    family = _FAMILIES.get(str(raw.get("model_type", "")))
-    if family is None and saved_as is not None:
-        family = next((f for f in _FAMILIES.values() if saved_as.startswith(f)), None)
-    if family is None:
+    arch = registry.by_model_type(str(raw.get("model_type", "")))
+    if arch is None and saved_as is not None:
+        arch = registry.by_class_name(saved_as)
+    if arch is None:
         raise TaskError(
             f"config.json describes a {raw.get('model_type') or saved_as or 'unknown'} model; "
-            "load_pretrained runs SmolLM3 and Llama checkpoints"
+            f"load_pretrained runs {' and '.join(registry.known())} checkpoints"
         )
-    known = {family + suffix for suffix in TASKS.values()}
+    known = {arch.class_prefix + suffix for suffix in TASKS.values()}
     if saved_as is not None and saved_as not in known:
         raise TaskError(
             f"config.json says the checkpoint is a {saved_as}, which smolchat cannot run; it "
             f"runs {', '.join(sorted(known))}"
         )
-    return ModelConfig.from_dict({**raw, "architectures": [family + "ForCausalLM"]}), saved_as
+    return ModelConfig.from_dict({**raw, "architectures": [arch.causal_lm_class]}), saved_as
 
 
 def _task_of(saved_as: str | None) -> str | None:
@@ -390,8 +390,8 @@ def _check_architecture(task: str, saved_as: str | None, name: str) -> None:
 
 
 def _class_name(saved_as: str | None, task: str) -> str:
-    family = next((f for f in _FAMILIES.values() if (saved_as or "").startswith(f)), "SmolLM3")
-    return family + TASKS[task]
+    arch = registry.by_class_name(saved_as or "") or registry.known()["smollm3"]
+    return arch.class_prefix + TASKS[task]
 
 
 def _labels(raw: dict[str, Any]) -> dict[int, str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar, cast
+from typing import ClassVar, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +11,14 @@ from torch import nn
 
 from smolchat.model.cache import KVCache
 from smolchat.model.config import ModelConfig
-from smolchat.model.decode_step import DecodeWeights, Head, LayerSpec, LayerWeights
+from smolchat.model.decode_step import (
+    PRE_NORM,
+    DecodeStep,
+    DecodeWeights,
+    Head,
+    LayerSpec,
+    LayerWeights,
+)
 from smolchat.model.rope import RotaryEmbedding, apply_rotary
 
 
@@ -173,7 +180,12 @@ class Backbone(nn.Module):
 
 
 class CausalLM(nn.Module):
-    """SmolLM3ForCausalLM / LlamaForCausalLM with the same parameter names."""
+    """SmolLM3ForCausalLM / LlamaForCausalLM with the same parameter names.
+
+    ``forward`` runs any number of tokens (prefill, verification); ``decode`` is the one-token
+    step the CPU decoder and the CUDA fast path run (on :meth:`decode_weights`)."""
+
+    decode: ClassVar[DecodeStep] = PRE_NORM
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()

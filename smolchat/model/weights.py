@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from smolchat.errors import ModelLoadError
+from smolchat.model import registry
 from smolchat.model.config import ModelConfig
 from smolchat.model.meta import on_meta
 from smolchat.model.network import CausalLM
@@ -93,8 +94,10 @@ def count_tensors(files: list[Path]) -> int:
 
 
 def build_on_meta(cfg: ModelConfig) -> CausalLM:
+    """The registered network of ``cfg.architecture``, its parameters on the meta device."""
+    network = registry.known()[cfg.architecture].network
     with on_meta():
-        model = CausalLM(cfg)
+        model = network(cfg)
     return model
 
 

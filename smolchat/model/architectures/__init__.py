@@ -1,0 +1,1 @@
+"""One module per decoder family; each registers itself with :mod:`smolchat.model.registry`."""
