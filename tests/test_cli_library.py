@@ -549,3 +549,10 @@ def test_resume_without_a_model_a_lost_file_name_is_one_line(fake, tmp_path: Pat
         f"smolchat SmolLM2-135M-Instruct.Q4_1.gguf --resume {entry.id}\n"
     )
     assert fake.loaded == []  # type: ignore[attr-defined]
+
+
+def test_help_names_the_default_model() -> None:
+    """Rich read "[default: ...]" in MODEL's help as markup and dropped it."""
+    result = runner.invoke(cli.cli, ["--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "default: HuggingFaceTB/SmolLM3-3B" in result.stdout

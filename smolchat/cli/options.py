@@ -59,7 +59,7 @@ class LoadOptions:
 
     model: Annotated[
         str | None,
-        typer.Argument(help=f"Hub id, local folder or .gguf file [default: {DEFAULT_MODEL}]."),
+        typer.Argument(help=f"Hub id, local folder or .gguf file (default: {DEFAULT_MODEL})."),
     ] = None
     device: Annotated[
         str | None,
