@@ -20,14 +20,16 @@ from smolchat.model.gguf import GGUFFile
 from smolchat.model.qcpu import (
     Int4Linear,
     Int8Embedding,
-    Int8Head,
     Int8Linear,
     QuantizedWeight,
+    RefinedHead,
     from_gguf,
     grouped_table,
+    int4_table,
     int8_rows,
     quantize_int4,
     quantize_int8,
+    top_candidates,
 )
 from tests.test_gguf import _k_blocks, _tiny_gguf, write_gguf
 
@@ -104,28 +106,40 @@ def test_quantized_linear_matches_float_matmul(kind: str, dtype: torch.dtype) ->
 
 def test_grouped_table_rows_and_refined_head(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
-    table = rng.standard_normal((300, 64)).astype(np.float32)
+    table = rng.standard_normal((320, 64)).astype(np.float32)
     table[:, 5] *= 40  # an outlier column: one scale per row would lose the rest
     data = gguf.quants.quantize(table, T.Q8_0)
     f, info = _one(write_gguf(tmp_path / "t.gguf", "llama", {}, {"x": (data, T.Q8_0)}))
     grouped = grouped_table(f, info)
     reference = torch.from_numpy(gguf.quants.dequantize(data, T.Q8_0))
-    ids = torch.tensor([[3, 299, 0]])
+    ids = torch.tensor([[3, 319, 0]])
     assert torch.equal(grouped.rows(ids), reference[ids])  # Q8_0 codes kept exactly
     embed = Int8Embedding(grouped, torch.bfloat16)
     assert embed(ids).dtype == torch.bfloat16
-    head = Int8Head(Int8Linear(int8_rows(f, info), torch.bfloat16, None), grouped)
     x = torch.randn(7, 64, dtype=torch.bfloat16)
-    with torch.inference_mode():
-        got = head(x)
-    assert got.dtype == torch.float32 and got.shape == (7, 300)
     exact = x.float() @ reference.T
-    # the best candidates are recomputed in float32: the winner and its logit are exact
-    assert torch.equal(got.argmax(-1), exact.argmax(-1))
-    torch.testing.assert_close(got.amax(-1), exact.amax(-1), rtol=1e-5, atol=1e-4)
-    # without the refinement (the bf16 per-row matmul alone) the logits are far coarser
-    rough = head.fast(x).float()
-    assert (rough - exact).abs().amax() > 100 * (got.amax(-1) - exact.amax(-1)).abs().amax()
+    int8_fast = Int8Linear(int8_rows(f, info), torch.bfloat16, None)
+    for fast in (Int4Linear(int4_table(grouped), torch.bfloat16, None), int8_fast):
+        head = RefinedHead(fast, grouped, refine=16)
+        with torch.inference_mode():
+            got = head(x)
+        assert got.dtype == torch.float32 and got.shape == (7, 320)
+        # the best candidates are recomputed in float32: the winner and its logit are exact
+        assert torch.equal(got.argmax(-1), exact.argmax(-1))
+        torch.testing.assert_close(got.amax(-1), exact.amax(-1), rtol=1e-5, atol=1e-4)
+        # without the refinement (the bf16 matmul alone) the logits are far coarser
+        rough = head.fast(x).float()
+        assert (rough - exact).abs().amax() > 100 * (got.amax(-1) - exact.amax(-1)).abs().amax()
+
+
+@pytest.mark.parametrize("width", [49152, 300])  # block maxima / plain topk (too few blocks)
+def test_top_candidates_are_the_topk_set(width: int) -> None:
+    y = torch.randn(3, width, generator=torch.Generator().manual_seed(width))
+    y[1, -5:] = 50.0  # a cluster of winners in one block
+    got = top_candidates(y, 16)
+    assert got.shape == (3, 16)
+    for row, want in zip(got, y.topk(16, dim=-1).indices, strict=True):
+        assert set(row.tolist()) == set(want.tolist())
 
 
 def test_cat_of_mixed_kinds_becomes_int8() -> None:
@@ -164,7 +178,7 @@ def test_gguf_on_cpu_stays_quantized(tiny_engines) -> None:
     assert isinstance(layer.self_attn.qkv_proj, Int4Linear)
     assert isinstance(layer.mlp.down_proj, Int4Linear)
     assert isinstance(fast.model.model.embed_tokens, Int8Embedding)
-    assert isinstance(fast.model.lm_head, Int8Head)
+    assert isinstance(fast.model.lm_head, RefinedHead)
     assert fast.model.lm_head.table is fast.model.model.embed_tokens.table  # tied
     assert fast.quantize == "int4 (GGUF Q4_1)"
     assert fast.dtype == torch.bfloat16

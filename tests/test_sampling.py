@@ -9,7 +9,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smolchat.engine.sampling import apply_repetition_penalty, filter_logits, make_sampler
+from smolchat.engine.sampling import (
+    apply_repetition_penalty,
+    argmax,
+    filter_logits,
+    make_sampler,
+)
 from smolchat.engine.types import SamplingParams
 from smolchat.errors import SamplingError
 
@@ -61,6 +66,18 @@ def test_repetition_penalty_changes_the_greedy_choice():
 def test_greedy_picks_the_argmax():
     sample = make_sampler(SamplingParams(temperature=0.0), torch.device("cpu"))
     assert sample(LOGITS, None).item() == 1
+
+
+@pytest.mark.parametrize("where", [0, 63, 64, 1000, 49151])
+def test_block_argmax_is_the_first_maximum_of_a_long_row(where: int) -> None:
+    gen = torch.Generator().manual_seed(where)
+    logits = torch.randn(49152, generator=gen)
+    logits[where] = 10.0
+    assert argmax(logits).tolist() == [where]
+    logits[49151] = logits[where + 1 if where < 49151 else 0] = 10.0  # ties: the first one
+    assert argmax(logits).tolist() == logits.argmax(-1, keepdim=True).tolist()
+    logits[777] = float("nan")  # NaN counts as the maximum, as in torch.argmax
+    assert argmax(logits).tolist() == logits.argmax(-1, keepdim=True).tolist() == [777]
 
 
 def draws(params: SamplingParams, n: int = 200) -> list[int]:

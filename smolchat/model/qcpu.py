@@ -11,7 +11,7 @@ weight-only CPU kernels read (the ones gpt-fast and torchao use):
   Q6_K, requantized from their dequantized rows (a few rows at a time). At most 1.45x the
   file's bytes (Q5_K), usually less.
 - The token embedding is an int8 table with one scale per group of 32 (:class:`GroupedTable`;
-  a Q8_0 table keeps its own codes). A tied head (:class:`Int8Head`) adds a per-row int8 copy
+  a Q8_0 table keeps its own codes). A tied head (:class:`RefinedHead`) adds an int4 copy
   for the fast matmul and recomputes each row's best candidates exactly from the table (bf16
   logits alone flip near-ties).
 - Q2_K and Q3_K have no kernel here: they are dequantized to the compute dtype, with a note.
@@ -288,9 +288,12 @@ class Int4Linear(nn.Module):
         self.register_buffer("scales_zeros", sz, persistent=False)  # (K/32, N, 2)
         self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)
 
+    def kernel(self, x2: torch.Tensor) -> torch.Tensor:
+        """(M, K) in ``KERNEL_DTYPE`` -> (M, N) in ``KERNEL_DTYPE``, without the bias."""
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, GROUP, self.scales_zeros)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., N)
-        x2 = x.reshape(-1, self.in_features).to(KERNEL_DTYPE)
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, GROUP, self.scales_zeros)
+        y = self.kernel(x.reshape(-1, self.in_features).to(KERNEL_DTYPE))
         y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         return y if self.bias is None else y + self.bias
 
@@ -311,9 +314,12 @@ class Int8Linear(nn.Module):
         self.register_buffer("scales_f32", q.scales.float(), persistent=False)
         self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)
 
+    def kernel(self, x2: torch.Tensor) -> torch.Tensor:
+        """(M, K) in ``KERNEL_DTYPE`` -> (M, N) in ``KERNEL_DTYPE``, without the bias."""
+        return torch.ops.aten._weight_int8pack_mm(x2, self.codes, self.scales)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., N)
-        x2 = x.reshape(-1, self.in_features).to(KERNEL_DTYPE)
-        y = torch.ops.aten._weight_int8pack_mm(x2, self.codes, self.scales)
+        y = self.kernel(x.reshape(-1, self.in_features).to(KERNEL_DTYPE))
         y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         return y if self.bias is None else y + self.bias
 
@@ -336,29 +342,69 @@ class Int8Embedding(nn.Module):
         return self.table.rows(ids).to(self.weight.dtype)
 
 
-class Int8Head(nn.Module):
-    """The head: logits (..., V) in float32 from an int8 per-row matmul, then the ``refine``
-    best candidates of each row recomputed exactly in float32 from the grouped table.
+# Candidates the head recomputes exactly. Measured on the real SmolLM2 (README, 512 tokens):
+# top-1 agreement with the exact path is 98.83% for any k >= 16; the mean KL of the int4
+# head's distribution is 0.0149 (k=16), 0.0093 (64), 0.0072 (128), 0.0054 (256).
+REFINE = 64
+
+
+class RefinedHead(nn.Module):
+    """The head: logits (..., V) in float32 from a fast int4 (or int8) matmul, then each row's
+    ``refine`` best candidates recomputed exactly in float32 from the grouped table.
 
     The bf16 kernel's logits carry ~3 significant digits (a logit of 20 is known to 0.125) and
-    the per-row int8 codes lose outliers; both flip near-ties. Recomputing the top candidates
-    (a (R, k, C) gather) costs ~1% of the matmul and makes greedy picks and the sampled
-    distribution's head as precise as the grouped table.
+    4-bit codes lose more; both flip near-ties. Recomputing the top candidates (a (R, k, C)
+    gather) costs ~1% of the matmul and makes greedy picks and the sampled distribution's head
+    as precise as the grouped table; the fast matmul only has to rank the true winner among
+    its ``refine`` best.
     """
 
-    def __init__(self, fast: Int8Linear, table: GroupedTable, refine: int = 16) -> None:
+    def __init__(self, fast: nn.Module, table: GroupedTable, refine: int = REFINE) -> None:
         super().__init__()
         self.fast, self.table, self.refine = fast, table, refine
-        self.in_features, self.out_features = fast.in_features, fast.out_features
+        self.in_features, self.out_features = int(table.codes.shape[1]), int(table.codes.shape[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., C) -> (..., V) float32
         y = self.fast(x).float()
         y2 = y.reshape(-1, self.out_features)
         x2 = x.reshape(-1, self.in_features).float()
-        top = y2.topk(min(self.refine, self.out_features), dim=-1).indices  # (R, k)
-        exact = torch.einsum("rkc,rc->rk", self.table.rows(top), x2)
+        top = top_candidates(y2, min(self.refine, self.out_features))  # (R, k)
+        exact = torch.bmm(self.table.rows(top), x2.unsqueeze(-1)).squeeze(-1)  # (R, k)
         y2.scatter_(1, top, exact)
         return y2.reshape(y.shape)
+
+
+def top_candidates(y: torch.Tensor, k: int, block: int = 64) -> torch.Tensor:
+    """Indices (R, k) of the ``k`` largest entries of each row of ``y`` (R, V).
+
+    The same set as ``y.topk(k)`` (up to ties), found through the maxima of blocks of
+    ``block`` entries: the k best entries lie in the k blocks with the best maxima. On the CPU
+    this is ~8x faster than ``topk`` on a 49152-wide row (one vectorized max pass, then small
+    top-k's); rows that do not split into at least ``k`` blocks use ``topk``.
+    """
+    r, v = y.shape
+    if v % block or v // block < k:
+        return y.topk(k, dim=-1).indices
+    blocks = y.view(r, v // block, block)
+    best = blocks.amax(-1).topk(k, dim=-1).indices  # (R, k) block numbers
+    cand = blocks.gather(1, best.unsqueeze(-1).expand(r, k, block)).view(r, k * block)
+    pick = cand.topk(k, dim=-1).indices  # (R, k) into the gathered blocks
+    return best.gather(1, pick // block) * block + pick % block
+
+
+def int4_table(table: GroupedTable) -> QuantizedWeight:
+    """The token table requantized to int4 in groups of 32 (for the head's fast matmul),
+    ``ROWS_PER_CHUNK`` rows at a time."""
+    rows, cols = table.codes.shape
+    codes = torch.empty((rows, cols), dtype=torch.uint8)
+    scales = torch.empty((rows, cols // GROUP), dtype=torch.float32)
+    zeros = torch.empty_like(scales)
+    for start in range(0, rows, ROWS_PER_CHUNK):
+        ids = torch.arange(start, min(start + ROWS_PER_CHUNK, rows))
+        q = quantize_int4(table.rows(ids))
+        assert q.zeros is not None
+        codes[ids], scales[ids], zeros[ids] = q.codes, q.scales, q.zeros
+    return QuantizedWeight("int4", codes, scales, zeros)
 
 
 def _pack_int4(codes: torch.Tensor) -> torch.Tensor:
@@ -473,10 +519,11 @@ def load_gguf_quantized(
     held += table.nbytes
     _replace(modules, "model.embed_tokens", Int8Embedding(table, dtype))
     if isinstance(model.lm_head, nn.Linear) and model.lm_head.weight.is_meta:
-        # tied (or no output.weight): a per-row int8 copy for the matmul, refined from the table
-        fast = Int8Linear(int8_rows(f, embed_info), dtype, None)
-        held += int(fast.codes.numel()) + 6 * int(fast.scales.numel())
-        _replace(modules, "lm_head", Int8Head(fast, table))
+        # tied (or no output.weight): an int4 copy for the matmul, refined from the table
+        # (int8 rows where the int4 packing cannot take the vocabulary size)
+        q = int4_table(table) if table.codes.shape[0] % 16 == 0 else int8_rows(f, embed_info)
+        held += q.nbytes
+        _replace(modules, "lm_head", RefinedHead(quantized_linear(q, dtype), table))
     f.release(embed_info)
     for tname in sorted(slow_types):
         note = (
