@@ -186,10 +186,13 @@ def read_message(read: Callable[[str], str]) -> str | None:
     return "\n".join(parts).strip("\n")
 
 
-def line_reader(history: PromptHistory | None, console: Console) -> Callable[[str], str]:
+def line_reader(
+    history: PromptHistory | None, console: Console, *, thinking_mode: bool = True
+) -> Callable[[str], str]:
     """``input`` with GNU readline on a terminal: line editing, ``history`` (Up/Down, Ctrl+R),
-    bracketed paste (a pasted multi-line text is one line) and Tab completion of commands.
-    Without a terminal (or without readline): the console's own input."""
+    bracketed paste (a pasted multi-line text is one line) and Tab completion of commands
+    (without a thinking mode, not the thinking ones). Without a terminal (or without
+    readline): the console's own input."""
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         return console.input
     try:
@@ -207,7 +210,8 @@ def line_reader(history: PromptHistory | None, console: Console) -> Callable[[st
     readline.set_completer_delims("")
 
     def completer(text: str, state: int) -> str | None:
-        matches = complete(readline.get_line_buffer()) if text.startswith("/") else []
+        line = readline.get_line_buffer()
+        matches = complete(line, thinking_mode=thinking_mode) if text.startswith("/") else []
         return matches[state] if state < len(matches) else None
 
     readline.set_completer(completer)
@@ -248,9 +252,9 @@ class PlainChat:
         ``read`` reads one line (default: readline's ``input`` on a terminal, with line editing,
         ``history`` and bracketed paste; the console's input otherwise).
         """
-        if read is None:
-            read = line_reader(history, self.console)
         backend = self.session.backend
+        if read is None:
+            read = line_reader(history, self.console, thinking_mode=backend.has_thinking_mode)
         self.console.print(
             Text(f"smolchat · {backend.model_name} · {backend.description}", style="bold")
         )

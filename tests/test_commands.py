@@ -16,6 +16,7 @@ from smolchat.chat.commands import (
     ShowReasoning,
     StreamReply,
     SwitchTheme,
+    available_commands,
     command,
     complete,
     is_command,
@@ -515,3 +516,41 @@ def test_the_transcript_does_not_claim_thinking_without_a_thinking_mode(plain) -
     assert "**Thinking:**" not in text
     assert "thinking" not in read_transcript(path).settings
     assert "**Settings:**" in text  # the sampling settings are still written
+
+
+# --- the real SmolLM2 GGUF (no thinking mode): help and completion name no thinking command ----
+
+
+@pytest.fixture(scope="module")
+def smollm2_engine(smollm2_gguf: Path):
+    return smolchat.load(str(smollm2_gguf), device="cpu")
+
+
+@pytest.fixture
+def smollm2(smollm2_engine, tmp_path: Path) -> ChatSession:
+    session = ChatSession(smollm2_engine, store=TranscriptStore(tmp_path / "t"))
+    assert not session.backend.has_thinking_mode  # SmolLM2's own template
+    return session
+
+
+def test_help_and_completion_hide_thinking_without_a_thinking_mode(smollm2, session) -> None:
+    for chat_session, thinking in ((smollm2, False), (session, True)):
+        listed = run_command(chat_session, "/help").message
+        assert ("`/think`" in listed) is thinking and ("`/no_think`" in listed) is thinking
+        assert ("End a message with `/think`" in listed) is thinking
+        assert "`/set [NAME [VALUE]]`" in listed
+        set_help = run_command(chat_session, "/help set").message
+        assert "| temperature |" in set_help
+        assert ("| thinking |" in set_help) is thinking
+        assert ("thinking_budget" in set_help) is thinking
+    assert complete("/set t", thinking_mode=False) == [
+        "/set temperature", "/set top_k", "/set top_p",
+    ]  # fmt: skip
+    assert complete("/set thinking", thinking_mode=False) == []
+    assert complete("/th", thinking_mode=False) == ["/theme"]
+    assert complete("/no", thinking_mode=False) == [] and complete("/no") == ["/no_think"]
+    assert complete("/think ", thinking_mode=False) == []
+    names = [c.name for c in available_commands(thinking_mode=False)]
+    assert "think" not in names and "no_think" not in names and "set" in names
+    assert [c.name for c in available_commands()] == list(COMMANDS)
+    refused(smollm2, "/think", r"^this model has no thinking mode")  # typed in full: refused

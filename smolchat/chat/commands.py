@@ -17,9 +17,13 @@ How to add a command (one place: a decorated function in this module)::
         no_args("stats", args)
         return CommandResult(describe_stats(session))
 
-* ``@command(name, usage, help, aliases=(), args=(), complete_arg=None, read_only=False)``
-  registers it; ``read_only=True`` (the handler only reads the session) lets a UI run it while
-  a reply streams.
+* ``@command(name, usage, help, aliases=(), args=(), complete_arg=None, read_only=False,
+  needs_thinking_mode=False, thinking_args=())`` registers it; ``read_only=True`` (the handler
+  only reads the session) lets a UI run it while a reply streams. ``needs_thinking_mode=True``
+  (/think) hides the command from help, completion and the palette for a model whose template
+  has no thinking mode (its handler refuses it there too); ``thinking_args`` are argument words
+  hidden the same way (``/set thinking_budget``). UIs list commands with
+  :func:`available_commands` and complete with :func:`complete`, passing ``thinking_mode``.
   ``/help``, the hint line above the prompt, Tab completion and the command palette list the
   commands in registration order, i.e. the order of the functions in this file.
 * The handler gets the session and the text after the name (stripped). Check the arguments
@@ -80,6 +84,7 @@ __all__ = [
     "StreamReply",
     "SwitchTheme",
     "command",
+    "available_commands",
     "complete",
     "complete_path",
     "is_command",
@@ -175,11 +180,17 @@ class Command:
     args: tuple[str, ...] = ()  # fixed argument words, for completion
     complete_arg: ArgCompleter | None = None  # computed completions of the argument
     read_only: bool = False  # only reads the session: a UI may run it while a reply streams
+    needs_thinking_mode: bool = False  # hidden (and refused) without a thinking mode
+    thinking_args: tuple[str, ...] = ()  # argument words hidden without a thinking mode
 
-    def arg_completions(self, partial: str, extra: Sequence[str] = ()) -> list[str]:
-        """The arguments ``partial`` may complete to, sorted (fixed words, extra, computed)."""
+    def arg_completions(
+        self, partial: str, extra: Sequence[str] = (), *, thinking_mode: bool = True
+    ) -> list[str]:
+        """The arguments ``partial`` may complete to, sorted (fixed words, extra, computed);
+        ``thinking_mode=False`` leaves out :attr:`thinking_args`."""
         word = partial.lower()
-        found = {a for a in (*self.args, *extra) if a.lower().startswith(word)}
+        hidden = () if thinking_mode else self.thinking_args
+        found = {a for a in (*self.args, *extra) if a.lower().startswith(word) and a not in hidden}
         if self.complete_arg is not None:
             found.update(self.complete_arg(partial))
         return sorted(found)
@@ -199,6 +210,8 @@ def command(
     args: tuple[str, ...] = (),
     complete_arg: ArgCompleter | None = None,
     read_only: bool = False,
+    needs_thinking_mode: bool = False,
+    thinking_args: tuple[str, ...] = (),
 ) -> Callable[[Handler], Handler]:
     """Register the decorated handler as ``/name`` (see the module docstring)."""
 
@@ -206,7 +219,16 @@ def command(
         if name in COMMANDS or name in _ALIASES:
             raise ValueError(f"/{name} is registered twice")
         COMMANDS[name] = Command(
-            name, usage, help, fn, aliases, tuple(args), complete_arg, read_only
+            name,
+            usage,
+            help,
+            fn,
+            aliases,
+            tuple(args),
+            complete_arg,
+            read_only,
+            needs_thinking_mode,
+            tuple(thinking_args),
         )
         for alias in aliases:
             _ALIASES[alias] = name
@@ -238,6 +260,20 @@ def parse_command(line: str) -> tuple[str, str]:
     return _ALIASES.get(name, name), (m.group(2) or "").strip()
 
 
+NO_THINKING_MODE = "this model has no thinking mode (its chat template has none)"
+
+
+def available_commands(*, thinking_mode: bool = True) -> list[Command]:
+    """The commands in registration order; ``thinking_mode=False`` (a model whose chat template
+    has none, such as SmolLM2) leaves out those that need one."""
+    return [c for c in COMMANDS.values() if thinking_mode or not c.needs_thinking_mode]
+
+
+THINK_SUFFIX_NOTE = (
+    "End a message with `/think` or `/no_think` to set the thinking mode for that message only."
+)
+
+
 def find_command(word: str) -> Command | None:
     """The command named ``word`` (with or without ``/``, any case, aliases), or None."""
     key = word.lstrip("/").lower().replace("-", "_")
@@ -263,6 +299,8 @@ def run_command(session: ChatSession, line: str) -> CommandResult:
         names = sorted([*COMMANDS, *_ALIASES])
         hint = suggest(name, names, "/")
         raise CommandError(f"unknown command /{name}{hint} (/help lists them)")
+    if cmd.needs_thinking_mode and not session.backend.has_thinking_mode:
+        raise CommandError(NO_THINKING_MODE)
     return cmd.handler(session, args)
 
 
@@ -326,6 +364,7 @@ def _cell(text: str) -> str:
     read_only=True,
 )
 def _cmd_help(session: ChatSession, args: str) -> CommandResult:
+    thinking = session.backend.has_thinking_mode
     if args:
         key = args.split()[0].lstrip("/").lower().replace("-", "_")
         cmd = find_command(key)
@@ -336,15 +375,15 @@ def _cmd_help(session: ChatSession, args: str) -> CommandResult:
         if cmd.aliases:
             text += " (also " + ", ".join(f"/{a}" for a in cmd.aliases) + ")"
         if cmd.name == "set":
-            text += "\n\n" + settings_table(session.settings, session.context_limit())
+            table = settings_table(session.settings, session.context_limit(), thinking=thinking)
+            text += "\n\n" + table
         return CommandResult(text, ShowHelp(cmd.name))
     rows = ["| command | what it does |", "|---|---|"]
     # a "|" inside a table cell ends the cell, even inside a code span: escape it
-    rows += [f"| `{_cell(c.usage)}` | {_cell(c.help)} |" for c in COMMANDS.values()]
-    rows.append("")
-    rows.append(
-        "End a message with `/think` or `/no_think` to set the thinking mode for that message only."
-    )
+    commands = available_commands(thinking_mode=thinking)
+    rows += [f"| `{_cell(c.usage)}` | {_cell(c.help)} |" for c in commands]
+    if thinking:
+        rows += ["", THINK_SUFFIX_NOTE]
     return CommandResult("\n".join(rows), ShowHelp())
 
 
@@ -382,26 +421,31 @@ def _cmd_system(session: ChatSession, args: str) -> CommandResult:
     return CommandResult(f"System prompt set ({tokens} tokens).{_thinking_note(session)}")
 
 
-NO_THINKING_MODE = "this model has no thinking mode (its chat template has none)"
-
-
 def _need_thinking_mode(session: ChatSession) -> None:
     """CommandError unless the backend's chat template has a thinking mode."""
     if not session.backend.has_thinking_mode:
         raise CommandError(NO_THINKING_MODE)
 
 
-@command("think", "/think", "thinking mode on: the model reasons before it answers")
+@command(
+    "think",
+    "/think",
+    "thinking mode on: the model reasons before it answers",
+    needs_thinking_mode=True,
+)
 def _cmd_think(session: ChatSession, args: str) -> CommandResult:
-    _need_thinking_mode(session)
     no_args("think", args, "; to think for one message only, end the message with /think")
     session.settings.thinking = True
     return CommandResult("Thinking on for the next turns." + _thinking_note(session))
 
 
-@command("no_think", "/no_think", "thinking mode off: the model answers directly")
+@command(
+    "no_think",
+    "/no_think",
+    "thinking mode off: the model answers directly",
+    needs_thinking_mode=True,
+)
 def _cmd_no_think(session: ChatSession, args: str) -> CommandResult:
-    _need_thinking_mode(session)
     no_args("no_think", args, "; to skip thinking for one message, end it with /no_think")
     session.settings.thinking = False
     return CommandResult("Thinking off for the next turns." + _thinking_note(session))
@@ -410,8 +454,9 @@ def _cmd_no_think(session: ChatSession, args: str) -> CommandResult:
 @command(
     "set",
     "/set [NAME [VALUE]]",
-    "show the settings, or change one (" + ", ".join(SETTINGS) + ")",
+    "show the settings, or change one (/set alone lists them)",
     args=tuple(SETTINGS),
+    thinking_args=tuple(THINKING_SETTINGS),
 )
 def _cmd_set(session: ChatSession, args: str) -> CommandResult:
     limit = session.context_limit()
@@ -679,23 +724,31 @@ def _cmd_exit(session: ChatSession, args: str) -> CommandResult:
 # --- completion ----------------------------------------------------------------------------
 
 
-def complete(prefix: str, *, choices: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+def complete(
+    prefix: str,
+    *,
+    choices: Mapping[str, Sequence[str]] | None = None,
+    thinking_mode: bool = True,
+) -> list[str]:
     """Completions of a partly typed line, as whole lines, sorted.
 
     ``"/se"`` gives ``["/set"]``; ``"/set te"`` gives ``["/set temperature"]``;
     ``"/reasoning s"`` gives ``["/reasoning show"]``. A prefix without ``/`` completes bare
     command names (``"he"`` gives ``["help"]``). ``choices`` adds argument values only the UI
-    knows, by command name (``{"theme": ["dark", "light"]}``).
+    knows, by command name (``{"theme": ["dark", "light"]}``). ``thinking_mode=False`` (the
+    backend's model has none) offers no thinking command or setting.
     """
     slash = prefix.startswith("/")
     body = prefix[1:] if slash else prefix
     lead = "/" if slash else ""
+    commands = available_commands(thinking_mode=thinking_mode)
     if " " not in body:
         word = body.lower()
-        return sorted(lead + name for name in COMMANDS if name.startswith(word))
+        return sorted(lead + c.name for c in commands if c.name.startswith(word))
     name, _, rest = body.partition(" ")
     cmd = find_command(name)
-    if cmd is None or " " in rest.strip():
+    if cmd is None or cmd not in commands or " " in rest.strip():
         return []
     extra = (choices or {}).get(cmd.name, ())
-    return [f"{lead}{name} {a}" for a in cmd.arg_completions(rest.strip(), extra)]
+    found = cmd.arg_completions(rest.strip(), extra, thinking_mode=thinking_mode)
+    return [f"{lead}{name} {a}" for a in found]

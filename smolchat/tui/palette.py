@@ -14,7 +14,7 @@ from functools import partial
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
-from smolchat.chat.commands import COMMANDS
+from smolchat.chat.commands import available_commands
 from smolchat.tui.screens.dialogs import key_name
 from smolchat.tui.themes import available_themes
 
@@ -41,7 +41,8 @@ class SmolchatCommands(Provider):
         if screen is None:
             return []
         found: list[Entry] = []
-        for cmd in COMMANDS.values():
+        thinking = screen.session.backend.has_thinking_mode
+        for cmd in available_commands(thinking_mode=thinking):
             takes_args = cmd.usage.strip() != f"/{cmd.name}"
             if takes_args:
                 run = partial(screen.prefill, f"/{cmd.name} ")

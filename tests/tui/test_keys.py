@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Awaitable
 
 import pytest
 
@@ -312,6 +313,15 @@ async def test_ctrl_r_with_no_history() -> None:
 # ---- the command palette and completion -------------------------------------------------------
 
 
+async def press_tab(pilot, screen, text: str) -> str:
+    """Tab on a prompt holding ``text`` (cursor at the end); the prompt's text after it."""
+    screen.prompt.load_text(text)
+    screen.prompt.move_cursor(screen.prompt.document.end)
+    await pilot.press("tab")
+    await pilot.pause()
+    return screen.prompt.text
+
+
 async def test_ctrl_p_palette_lists_commands_and_key_actions() -> None:
     from textual.command import CommandPalette
 
@@ -366,12 +376,8 @@ async def test_tab_completion_of_names_and_arguments(tmp_path, monkeypatch) -> N
         screen = await chat_screen(pilot)
         hint = screen.query_one("#hint")
 
-        async def tab(text: str) -> str:
-            screen.prompt.load_text(text)
-            screen.prompt.move_cursor(screen.prompt.document.end)
-            await pilot.press("tab")
-            await pilot.pause()
-            return screen.prompt.text
+        def tab(text: str) -> Awaitable[str]:
+            return press_tab(pilot, screen, text)
 
         assert await tab("/th") == "/th"  # two matches: both shown
         shown = str(hint.render())
@@ -408,6 +414,44 @@ async def test_a_model_without_thinking_mode_shows_no_think_toggle() -> None:
         assert "think" in str(screen.query_one("#status").render())
         assert screen.check_action("toggle_think", ()) is True
         assert "ctrl+t" in pilot.app.active_bindings
+
+
+async def test_smollm2_help_completion_and_palette_name_no_thinking(smollm2_gguf, tmp_path) -> None:
+    """The real SmolLM2 GGUF (its template has no thinking mode): Tab, the hint line, F1 and
+    the palette offer no /think, /no_think or thinking setting."""
+    from textual.command import CommandPalette
+
+    import smolchat
+    from smolchat.tui.palette import SmolchatCommands
+    from tests.tui.test_real_backend import real_app
+
+    engine = smolchat.load(str(smollm2_gguf), device="cpu")
+    async with running(real_app(engine, tmp_path)) as (pilot, _):
+        screen = await chat_screen(pilot)
+        assert not screen.session.backend.has_thinking_mode
+        hint = screen.query_one("#hint")
+
+        def tab(text: str) -> Awaitable[str]:
+            return press_tab(pilot, screen, text)
+
+        assert await tab("/th") == "/theme "  # one match: /think is not offered
+        assert await tab("/set thi") == "/set thi"  # no thinking setting to complete to
+        assert await tab("/set t") == "/set t"
+        shown = str(hint.render())
+        assert "temperature" in shown and "top_p" in shown and "thinking" not in shown
+        screen.prompt.load_text("/no")
+        await pilot.pause()
+        assert "/no_think" not in str(hint.render())
+        screen.prompt.clear()
+        await pilot.press("f1")
+        assert isinstance(help_screen := pilot.app.screen, HelpScreen)
+        assert "/set" in help_screen.help_text and "/think" not in help_screen.help_text
+        await pilot.press("escape")
+        await pilot.press("ctrl+p")
+        await wait_for(pilot, lambda: isinstance(pilot.app.screen, CommandPalette))
+        entries = [e.text for e in SmolchatCommands(pilot.app.screen, None).entries()]
+        assert any(t.startswith("/set") for t in entries)
+        assert not any(t.startswith(("/think", "/no_think")) for t in entries)
 
 
 async def test_ctrl_t_while_reasoning_stops_thinking_with_the_real_engine(tmp_path) -> None:

@@ -25,7 +25,6 @@ from textual.widgets import Footer, TextArea
 from textual.worker import get_current_worker
 
 from smolchat.chat.commands import (
-    COMMANDS,
     Effect,
     HistoryChanged,
     OpenChats,
@@ -34,6 +33,7 @@ from smolchat.chat.commands import (
     ShowReasoning,
     StreamReply,
     SwitchTheme,
+    available_commands,
     complete,
     is_command,
     is_read_only,
@@ -228,7 +228,8 @@ class ChatScreen(Screen[None]):
     # ---- layout -----------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield ConversationView(id="conversation")
-        yield CommandHint({f"/{c.name}": _usage_line(c) for c in COMMANDS.values()}, id="hint")
+        commands = available_commands(thinking_mode=self.session.backend.has_thinking_mode)
+        yield CommandHint({f"/{c.name}": _usage_line(c) for c in commands}, id="hint")
         yield PromptInput(
             id="prompt",
             completer=self.complete_line,
@@ -410,7 +411,13 @@ class ChatScreen(Screen[None]):
                 if message:
                     self.note(message)
             case ShowHelp(topic=topic):
-                self.app.push_screen(HelpScreen(message if topic else None, keys=self.keys_help()))
+                self.app.push_screen(
+                    HelpScreen(
+                        message if topic else None,
+                        keys=self.keys_help(),
+                        thinking_mode=self.session.backend.has_thinking_mode,
+                    )
+                )
             case OpenChats(query=query):
                 self.open_chats(query)
             case _:
@@ -673,7 +680,11 @@ class ChatScreen(Screen[None]):
     # ---- completion -------------------------------------------------------------------
     def complete_line(self, text: str) -> list[str]:
         """Tab: the commands' own completions plus the theme names, which the TUI knows."""
-        return complete(text, choices={"theme": list(available_themes())})
+        return complete(
+            text,
+            choices={"theme": list(available_themes())},
+            thinking_mode=self.session.backend.has_thinking_mode,
+        )
 
     @on(PromptInput.Completions)
     def _on_completions(self, message: PromptInput.Completions) -> None:
@@ -814,7 +825,8 @@ class ChatScreen(Screen[None]):
         return action != "toggle_think" or self.session.backend.has_thinking_mode
 
     def action_help(self) -> None:
-        self.app.push_screen(HelpScreen(keys=self.keys_help()))
+        thinking = self.session.backend.has_thinking_mode
+        self.app.push_screen(HelpScreen(keys=self.keys_help(), thinking_mode=thinking))
 
     def action_chats(self) -> None:
         self.open_chats()

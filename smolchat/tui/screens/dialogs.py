@@ -12,7 +12,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Markdown, OptionList, Static
 from textual.widgets.option_list import Option
 
-from smolchat.chat.commands import COMMANDS
+from smolchat.chat.commands import THINK_SUFFIX_NOTE, available_commands
 from smolchat.chat.history import PromptHistory
 from smolchat.chat.text import printable
 
@@ -44,11 +44,13 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def commands_help() -> str:
-    """The slash commands as a Markdown list (a list wraps better than a table)."""
-    lines = [f"- `{c.usage}`: {c.help}" for c in COMMANDS.values()]
-    lines.append("")
-    lines.append("End a message with `/think` or `/no_think` to set the mode for it alone.")
+def commands_help(*, thinking_mode: bool = True) -> str:
+    """The slash commands as a Markdown list (a list wraps better than a table); without a
+    thinking mode, not the thinking commands."""
+    commands = available_commands(thinking_mode=thinking_mode)
+    lines = [f"- `{c.usage}`: {c.help}" for c in commands]
+    if thinking_mode:
+        lines += ["", THINK_SUFFIX_NOTE]
     return "\n".join(lines)
 
 
@@ -57,10 +59,15 @@ class HelpScreen(ModalScreen[None]):
 
     BINDINGS = [Binding("escape,q,f1", "dismiss", "Close")]
 
-    def __init__(self, text: str | None = None, *, keys: str = "") -> None:
-        """``text``: the help of one command; None: all commands, then the ``keys`` table."""
+    def __init__(
+        self, text: str | None = None, *, keys: str = "", thinking_mode: bool = True
+    ) -> None:
+        """``text``: the help of one command; None: all commands (without a thinking mode,
+        not the thinking ones), then the ``keys`` table."""
         super().__init__(classes="dialog")
-        self.help_text = text if text is not None else commands_help() + "\n\n" + keys
+        if text is None:
+            text = commands_help(thinking_mode=thinking_mode) + "\n\n" + keys
+        self.help_text = text
 
     def compose(self) -> ComposeResult:
         with Vertical(id="help-box"):
