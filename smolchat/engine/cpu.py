@@ -11,7 +11,9 @@ matvec). The layer math is the model's own one-token step (``model.decode``, see
   in place, in its dtype (a mixed-dtype ``add_`` is one op, no cast);
 - RoPE on q and k together is one (H + n_kv, hd) x (hd, hd) matmul with the position's
   rotation matrix, built once per token (:func:`rotation`);
-- K/V are copied straight into the cache slots, attention is one SDPA call on cache views.
+- K/V are copied straight into the cache slots; attention over cache views is
+  baddbmm/softmax/bmm in float32 (measured 1.2-1.45x faster than SDPA at 64-4000 keys; SDPA
+  in bf16, where it keeps float32 scores).
 
 It computes the same function as ``CausalLM.forward`` for one token (same weights, same
 cache), in the model's dtype (float32 rounding differences only); tests check it against the
@@ -100,7 +102,16 @@ class CPUOps:
     def __init__(self, dtype: torch.dtype, hidden: int) -> None:
         self.dtype = dtype
         self._zeros = torch.zeros(1, hidden)
+        self._zero = torch.zeros(())
         self._bufs: dict[tuple[torch.dtype, int], torch.Tensor] = {}
+        self._x = self._x1 = torch.empty(0)  # the residual stream (1, C) and its (C,) view
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedded token (1, C) copied into the step's residual-stream buffer."""
+        if self._x.shape != x.shape or self._x.dtype != x.dtype:
+            self._x = torch.empty_like(x)
+            self._x1 = self._x.view(-1)
+        return self._x.copy_(x)
 
     def _buf(self, dtype: torch.dtype, n: int) -> torch.Tensor:
         buf = self._bufs.get((dtype, n))
@@ -112,7 +123,7 @@ class CPUOps:
         """``rms_norm(x) * norm`` (1, C) in ``dtype``."""
         if x.dtype != torch.float32 or norm.dtype != torch.float32:
             return F.rms_norm(x, norm.shape, norm, eps).to(dtype)
-        flat = x.view(-1)
+        flat = self._x1 if x is self._x else x.view(-1)
         r = (torch.dot(flat, flat).item() / flat.numel() + eps) ** -0.5
         return torch.addcmul(self._zeros, x, norm, value=r, out=self._buf(dtype, flat.numel()))
 
@@ -130,30 +141,41 @@ class CPUOps:
     ) -> torch.Tensor:
         """``silu(gate) * up`` (1, I): computed in ``dtype``, returned in ``w.dtype``."""
         gu = self.norm_linear(x, norm, eps, w)  # (1, 2 I)
+        gate, up = gu.split(inter, dim=1)
         if gu.dtype == self.dtype:
-            return F.silu(gu[:, :inter]) * gu[:, inter:]
-        gate = F.silu(gu[:, :inter].to(self.dtype), inplace=True)
-        return torch.mul(gate, gu[:, inter:], out=self._buf(gu.dtype, inter))
+            return F.silu(gate) * up
+        return torch.mul(
+            F.silu(gate.to(self.dtype), inplace=True), up, out=self._buf(gu.dtype, inter)
+        )
 
     def linear_residual(self, x: torch.Tensor, w: MatVec, res: torch.Tensor) -> torch.Tensor:
         return res.add_(w.fn(self._cast(x, w.dtype)))  # in res's dtype, whatever the kernel's
 
     def attention(self, qkv: torch.Tensor, spec: LayerSpec, kv: CPUSlot) -> torch.Tensor:
         h, n_kv, hd, pos = spec.n_heads, spec.n_kv, spec.head_dim, kv.pos
-        rows = qkv.view(-1, hd)  # (H + 2 n_kv, hd): q, k, v heads
-        qk = rows[: h + n_kv]
+        qk, v = qkv.view(-1, hd).split((h + n_kv, n_kv))  # (H + n_kv, hd), (n_kv, hd)
         if spec.use_rope:  # q and k rotated together, in float32
             qk = torch.mm(qk if qk.dtype == torch.float32 else qk.float(), kv.rot)
-        kv.k3.select(1, pos).copy_(qk[h:])
-        kv.v3.select(1, pos).copy_(rows[h + n_kv :])
-        q = qk[:h]
+        q, k = qk.split((h, n_kv))
+        kv.k3.select(1, pos).copy_(k)
+        kv.v3.select(1, pos).copy_(v)
         if q.dtype != kv.k.dtype:
             q = q.to(kv.k.dtype)
         first = 0 if spec.window is None else max(0, pos + 1 - spec.window)
-        y = F.scaled_dot_product_attention(
+        n = pos + 1 - first
+        if kv.k.dtype == torch.float32:  # bmm/softmax/bmm: 1.2-1.45x faster than SDPA here
+            scores = torch.baddbmm(
+                self._zero,
+                q.view(n_kv, h // n_kv, hd),  # q heads grouped by their k/v head
+                kv.k3.narrow(1, first, n).transpose(1, 2),
+                beta=0,
+                alpha=hd**-0.5,
+            )  # (n_kv, H / n_kv, n)
+            return torch.bmm(torch.softmax(scores, -1), kv.v3.narrow(1, first, n)).view(1, h * hd)
+        y = F.scaled_dot_product_attention(  # bf16/fp16: SDPA keeps float32 scores
             q.view(1, h, 1, hd),
-            kv.k.narrow(2, first, pos + 1 - first),
-            kv.v.narrow(2, first, pos + 1 - first),
+            kv.k.narrow(2, first, n),
+            kv.v.narrow(2, first, n),
             enable_gqa=n_kv != h,
         )  # (1, H, 1, hd)
         return y.view(1, h * hd)
@@ -196,5 +218,5 @@ class CPUDecoder:
 
     @torch.inference_mode()
     def step(self, token_id: int, pos: int) -> torch.Tensor:
-        x = self.embed(torch.tensor([[token_id]]))[0]  # (1, C), updated in place
+        x = self.ops.residual(self.embed(torch.tensor([[token_id]]))[0])  # (1, C), in place
         return self.model.decode.run(self.ops, x, self.weights, self._slots(pos))[0]  # (V,)
