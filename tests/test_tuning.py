@@ -122,6 +122,38 @@ def test_tune_gemv_reads_a_hit_and_times_only_on_a_miss(kernels, tmp_path, monke
     assert not hit and len(timed) == len(K.GEMV_CONFIGS) + 1
 
 
+def test_the_fast_decoder_tunes_every_matvec_of_its_step(kernels, tmp_path, monkeypatch):
+    """``FastDecoder._tune`` hands the tuner each matvec the Triton step runs (the model's
+    decode weights), with the fusions the step uses; timing is the made-up table."""
+    from smolchat.engine import tuning
+    from smolchat.engine.fast import FastDecoder
+    from tests.test_cache import load_model, make_engine
+    from tests.tiny import build_smollm3
+
+    K = kernels
+    monkeypatch.setenv(ENV_DIR, str(tmp_path))
+    monkeypatch.delenv(ENV_OFF, raising=False)
+    monkeypatch.setattr(K, "_time_graph", lambda fn, replays=5: 1e-6)
+    monkeypatch.setattr(tuning.Platform, "current", classmethod(lambda cls, dev: H200))
+    folder = build_smollm3(tmp_path / "m", tie=False, with_tokenizer=False)
+    model = load_model(folder, "cpu", torch.bfloat16)
+    engine = make_engine(model)
+    fast = FastDecoder(model, engine.cache, graphs=False, compile=False, kernels="triton")
+    fast._tune()
+    cfg = model.config
+    c, h, kv, hd, inter = 64, cfg.num_attention_heads, cfg.num_key_value_heads, 16, 128
+    bf16 = torch.bfloat16
+    assert set(K._tuned) == {  # (shape, dtype, norm fused, gated, residual fused)
+        (((h + 2 * kv) * hd, c), bf16, True, False, False),  # q/k/v after the input norm
+        ((c, h * hd), bf16, False, False, True),  # o-proj + residual
+        ((2 * inter, c), bf16, True, True, False),  # gate/up: norm, SiLU gate
+        ((c, inter), bf16, False, False, True),  # down-proj + residual
+        ((cfg.vocab_size, c), bf16, True, False, False),  # the head after the final norm
+    }
+    assert set(fast.tuning) == {"qkv", "o", "gate_up", "down", "head"}
+    assert not fast.tuning_cached and "tune_s" in fast.timings
+
+
 @cuda
 def test_cuda_second_start_reads_the_tuning_cache_and_another_gpu_retunes(tmp_path, monkeypatch):
     from smolchat.engine import kernels as K
