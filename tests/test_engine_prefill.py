@@ -124,7 +124,7 @@ def test_a_cancel_during_the_prefill_ends_it_after_the_chunk(model):
 def test_chunk_size_from_the_environment(monkeypatch):
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     monkeypatch.delenv(ENV_PREFILL_CHUNK, raising=False)
-    assert prefill_chunk_size(cpu) == PREFILL_CHUNK_CPU == 512
+    assert prefill_chunk_size(cpu) == PREFILL_CHUNK_CPU == 2048
     assert prefill_chunk_size(gpu) == PREFILL_CHUNK == 8192  # as before chunks had progress
     monkeypatch.setenv(ENV_PREFILL_CHUNK, "64")
     assert prefill_chunk_size(cpu) == prefill_chunk_size(gpu) == 64
