@@ -297,6 +297,22 @@ def test_stats(session) -> None:
     refused(session, "/stats now", "takes no argument")
 
 
+def test_stats_lines_fit_an_80_column_chat(session) -> None:
+    """At 80 columns a message has ~74 cells: one long "last prompt" line wrapped between a
+    figure and its unit. Every line with figures now fits, even with large ones."""
+    from smolchat.engine.types import GenerationStats
+
+    session.last_stats = GenerationStats(
+        prompt_tokens=123_456, cached_tokens=120_000, prefilled_tokens=3_456,
+        generated_tokens=12_345, ttft_s=12.34, decode_s=99.0, finish_reason="stop",
+    )  # fmt: skip
+    lines = run_command(session, "/stats").message.splitlines()
+    figures = [line for line in lines if not line.startswith(("- model:", "- transcript:"))]
+    assert any("123,456 tokens (120,000 from cache, 3,456 prefilled)" in x for x in figures)
+    assert any("first token after 12.34 s" in x for x in figures)
+    assert all(len(line) <= 70 for line in figures), [x for x in figures if len(x) > 70]
+
+
 # --- UI actions -----------------------------------------------------------------------------
 
 

@@ -580,19 +580,22 @@ def _fmt_stats(session: ChatSession) -> str:
         lines.append("- last reply: none yet")
     else:
         lines.append(
-            f"- last reply: {st.generated_tokens} tokens, {st.finish_reason or '?'}; "
-            f"{st.decode_tok_s:.1f} tok/s decode"
+            f"- last reply: {st.generated_tokens:,} tokens, {st.finish_reason or '?'}; "
+            f"{st.decode_tok_s:,.1f} tok/s decode"
         )
         note = finish_note(st.finish_reason)
         if note is not None and st.finish_reason != "cancelled":
             lines.append(f"- the last reply was {note}")
+        # two short lines: at 80 columns one long line wrapped between a figure and its unit
         lines.append(
-            f"- last prompt: {st.prompt_tokens} tokens, {st.cached_tokens} from cache, "
-            f"{st.prefilled_tokens} prefilled at {st.prefill_tok_s:.0f} tok/s; "
-            f"first token after {st.ttft_s:.2f} s"
+            f"- last prompt: {st.prompt_tokens:,} tokens ({st.cached_tokens:,} from cache, "
+            f"{st.prefilled_tokens:,} prefilled)"
+        )
+        lines.append(
+            f"- prefill: {st.prefill_tok_s:,.0f} tok/s; first token after {st.ttft_s:.2f} s"
         )
     generated = sum(m.generated_tokens for m in session.messages if isinstance(m, Reply))
-    lines.append(f"- generated this conversation: {generated} tokens")
+    lines.append(f"- generated this conversation: {generated:,} tokens")
     if session.transcript_path is not None:
         lines.append(f"- transcript: {session.transcript_path}")
     if session.autosave_error:

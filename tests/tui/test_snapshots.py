@@ -10,6 +10,7 @@ import threading
 
 from textual.pilot import Pilot
 
+from smolchat.tui.widgets.conversation import NoteMessage
 from tests.tui.conftest import make_app
 from tests.tui.fake_engine import FakeEngine
 from tests.tui.helpers import chat_screen, submit, wait_for
@@ -44,7 +45,8 @@ def test_chat_with_reasoning_and_code(snap_compare) -> None:
     app = make_app(show_reasoning=True)
 
     async def run_before(pilot: Pilot) -> None:
-        await submit(pilot, "Write an add function in Python")
+        screen = await submit(pilot, "Write an add function in Python")
+        screen.prompt.cursor_blink = False  # the blink phase made the picture differ
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
@@ -95,3 +97,22 @@ def test_wide_terminal_keeps_messages_readable_200x50(snap_compare) -> None:
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=(200, 50), run_before=run_before)
+
+
+def test_stats_and_status_bar_80x24(snap_compare) -> None:
+    """A GGUF's long file name and description at 80 columns: the status bar shortens them
+    and keeps the temperature; /stats keeps every figure beside its unit."""
+    name = "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    engine = FakeEngine(lambda q: "The capital of France is Paris.", model_name=name)
+    engine.quantize = "int4 (GGUF Q4_1)"
+
+    async def run_before(pilot: Pilot) -> None:
+        screen = await submit(pilot, "What is the capital of France?")
+        screen.prompt.cursor_blink = False
+        screen.prompt.load_text("/stats")
+        await pilot.press("enter")
+        notes = screen.query(NoteMessage)
+        await wait_for(pilot, lambda: any("first token after" in n.source for n in notes))
+        await pilot.pause()
+
+    assert snap_compare(make_app(engine), terminal_size=(80, 24), run_before=run_before)
