@@ -37,7 +37,8 @@ from smolchat.model.network import CausalLM
 # forward has a fixed cost (int4 CPU weights: ~3.8 s on the loaded 2-core box, vs ~11.5 ms a
 # token), so small chunks are dear: 512-token chunks made a 2048-token SmolLM2 GGUF prefill
 # 2.9x slower there, and 1.66x slower on an H200 (SmolLM3-3B shape, 8192 tokens); 2048 on the
-# CPU costs ~1.1x on an 8k prompt. `python benchmarks/prefill_chunks.py` measures it.
+# CPU should cost ~1.1x on an 8k prompt (estimated from those two figures, not measured).
+# `python benchmarks/prefill_chunks.py` measures it.
 PREFILL_CHUNK = 8192
 PREFILL_CHUNK_CPU = 2048
 ENV_PREFILL_CHUNK = "SMOLCHAT_PREFILL_CHUNK"  # overrides both (a whole number >= 1)
