@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_interpreted(module: str, *args: str, timeout: int = 600) -> Any:
     """``python -m MODULE ARGS`` with ``TRITON_INTERPRET=1``: its last stdout line, as JSON."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "1"}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "TRITON_INTERPRET": "1"}  # keep the caller's path
     proc = subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=ROOT,

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -47,3 +48,26 @@ def test_on_meta_skips_initialisers_only_inside_the_block() -> None:
     outside = nn.Linear(8, 8)  # the real initialiser again: random, not zeros
     assert not outside.weight.is_meta and outside.weight.abs().sum() > 0
     assert nn.Linear.__dict__["reset_parameters"].__name__ == "reset_parameters"
+
+
+CUDA_PROBE = (
+    PROBE.replace('device="cpu"', 'device="cuda"')
+    + """
+assert engine.fast is not None and engine.fast.mode.endswith("triton"), engine.fast
+"""
+)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_triton_decoding_imports_no_compiler_stack(tiny_model: Path) -> None:
+    """The Triton path never compiles; its capture must not import torch._dynamo either (it
+    did through maybe_mark_dynamic: 4-5 s of a launch on the H200)."""
+    out = subprocess.run(
+        [sys.executable, "-c", CUDA_PROBE, str(tiny_model)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr

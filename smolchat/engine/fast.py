@@ -472,8 +472,8 @@ class FastDecoder:
     def _capture(self) -> None:
         t0 = time.perf_counter()
         self.graph, self.logits, self._key = None, None, None
-        if self.compile:
-            for t in self.cache.k + self.cache.v:
+        if self.compile and self.kernels != "triton":  # only Inductor reads the marks; touching
+            for t in self.cache.k + self.cache.v:  # torch._dynamo imports it (4-5 s at start)
                 torch._dynamo.maybe_mark_dynamic(t, 2)
         if self.kernels == "triton" and not self._tuned:
             self._tune()
