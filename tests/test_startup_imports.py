@@ -27,16 +27,22 @@ print(sorted(m for m in ("torch._dynamo", "sympy", "torch._inductor") if m in sy
 """
 
 
-def test_loading_and_decoding_import_no_compiler_stack(tiny_model: Path) -> None:
+def compiler_modules_after(probe: str, model: Path) -> str:
+    """Run ``probe`` on ``model`` in a fresh process: its last line, the compiler modules it
+    imported (``"[]"`` for none)."""
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, str(tiny_model)],
+        [sys.executable, "-c", probe, str(model)],
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=300,
-        check=True,
     )
-    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_loading_and_decoding_import_no_compiler_stack(tiny_model: Path) -> None:
+    assert compiler_modules_after(PROBE, tiny_model) == "[]"
 
 
 def test_on_meta_skips_initialisers_only_inside_the_block() -> None:
@@ -62,12 +68,4 @@ assert engine.fast is not None and engine.fast.mode.endswith("triton"), engine.f
 def test_cuda_triton_decoding_imports_no_compiler_stack(tiny_model: Path) -> None:
     """The Triton path never compiles; its capture must not import torch._dynamo either (it
     did through maybe_mark_dynamic: 4-5 s of a launch on the H200)."""
-    out = subprocess.run(
-        [sys.executable, "-c", CUDA_PROBE, str(tiny_model)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+    assert compiler_modules_after(CUDA_PROBE, tiny_model) == "[]"
