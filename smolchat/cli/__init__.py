@@ -1099,6 +1099,7 @@ def tui(config: RunConfig) -> int:
         )
     )
     app.run()
+    app.wait_for_loader()  # quit mid-load: let the loading thread stop before Python exits
     if app.error:
         raise SmolchatError(app.error)
     return app.return_code or 0

@@ -59,6 +59,9 @@ class AppOptions:
     message_width: int | None = MESSAGE_WIDTH  # columns per message at most (None: no limit)
 
 
+LOADER_EXIT_WAIT_S = 30.0  # the longest an exit mid-load waits for the loading thread
+
+
 class LoadCancelled(Exception):
     """Raised inside the loader's progress callback when the app quits mid-load."""
 
@@ -96,6 +99,7 @@ class SmolchatApp(App[None]):
         self.last_copy: clipboard.CopyReport | None = None
         self.theme_name = DEFAULT_THEME
         self._quitting = threading.Event()
+        self._loader: threading.Thread | None = None
         self._switch_interval = sys.getswitchinterval()  # restored when the app ends
         self._theme_error = None if self._set_theme(options.theme) else options.theme
         if self._theme_error:
@@ -164,7 +168,19 @@ class SmolchatApp(App[None]):
         # waits for when it ends, so quitting mid-load would hang until the load is done.
         loader = threading.Thread(target=self.load, args=(screen,), name="smolchat-load")
         loader.daemon = True
+        self._loader = loader
         loader.start()
+
+    def wait_for_loader(self, timeout: float = LOADER_EXIT_WAIT_S) -> bool:
+        """After the app quit mid-load: wait (at most ``timeout`` seconds) for the loading
+        thread, which stops at its next progress report. A process that exits while that
+        thread is inside torch aborts ("terminate called without an active exception", exit
+        134) instead of ending with its own status. True if no load is running any more."""
+        loader = self._loader
+        if loader is None:
+            return True
+        loader.join(timeout)
+        return not loader.is_alive()
 
     def load(self, screen: LoadingScreen) -> None:
         """Load the engine and build the session, posting progress to the loading screen.

@@ -89,6 +89,31 @@ async def test_quitting_while_loading_stops_the_loader() -> None:
     assert app.return_code == ExitCode.INTERRUPTED  # 130, as Ctrl+C while loading in -p/--plain
 
 
+async def test_after_quitting_mid_load_the_app_waits_for_the_loading_thread() -> None:
+    """The loader is inside a long step (no progress report for 0.5 s) when Ctrl+C quits:
+    ``wait_for_loader`` (the CLI calls it after ``run``) returns once the thread has stopped,
+    so Python never exits with it inside torch (that aborted with exit status 134)."""
+    inside, ended = threading.Event(), threading.Event()
+
+    def load(progress):
+        try:
+            while True:
+                progress("weights", 1, 2)
+                inside.set()
+                threading.Event().wait(0.5)  # a long tensor step between two reports
+        finally:
+            ended.set()
+
+    app = make_app(load=load)
+    async with running(app) as (pilot, _):
+        await wait_for(pilot, inside.is_set)
+        await pilot.press("ctrl+c")
+        await wait_for(pilot, lambda: not app.is_running)
+    assert app.return_code == ExitCode.INTERRUPTED
+    assert app.wait_for_loader(5) and ended.is_set()
+    assert make_app().wait_for_loader(0)  # nothing was loading
+
+
 async def test_autosave_writes_the_conversation(tmp_path: Path) -> None:
     async with running(make_app(transcripts=tmp_path)) as (pilot, _):
         screen = await submit(pilot, "keep this")
