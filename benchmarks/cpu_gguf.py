@@ -4,8 +4,10 @@ Each system runs in its own process, loaded one after another (so loading peaks 
 overlap), then all stay resident while the driver asks each in turn for one measurement,
 round after round (the machine is shared: interleaving spreads other jobs' load over everyone,
 and the best round is kept). llama.cpp is ``llama-bench -p 0 -n NEW -t THREADS -r 1``, one
-process per round. Figures per system: decode tok/s (best round, and all rounds), resident
-memory after loading (whole process, and what loading added), peak resident memory.
+process per round. Figures per system: decode tok/s (best round, and all rounds), for smolchat
+and transformers the CPU ms per generated token (best round: the worker's CPU time, which
+other jobs on a shared machine move far less than wall time), resident memory after loading
+(whole process, and what loading added), peak resident memory.
 
 Systems (``--systems``, comma-separated):
 
@@ -130,7 +132,10 @@ def worker(system: str, gguf: Path, new: int, threads: int) -> None:
     for line in sys.stdin:
         if line.strip() != "go":
             break
-        say({"tok_s": round(measure(), 2)})
+        c0 = time.process_time()
+        tok_s = measure()
+        cpu_ms = (time.process_time() - c0) / new * 1e3  # prefill of the short prompt included
+        say({"tok_s": round(tok_s, 2), "cpu_ms_per_tok": round(cpu_ms, 2)})
     say({"rss_end_mib": round(rss_mib(), 1), "peak_mib": round(peak_mib(), 1)})
 
 
@@ -142,6 +147,7 @@ class Worker:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.info = self._read()
         self.rounds: list[float] = []
+        self.cpu_ms: list[float] = []
 
     def _read(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
@@ -156,9 +162,10 @@ class Worker:
         assert self.proc.stdin is not None
         self.proc.stdin.write("go\n")
         self.proc.stdin.flush()
-        value = float(self._read()["tok_s"])
-        self.rounds.append(value)
-        return value
+        got = self._read()
+        self.rounds.append(float(got["tok_s"]))
+        self.cpu_ms.append(float(got["cpu_ms_per_tok"]))
+        return self.rounds[-1]
 
     def close(self) -> dict[str, Any]:
         assert self.proc.stdin is not None
@@ -166,11 +173,23 @@ class Worker:
         self.proc.stdin.flush()
         end = self._read()
         self.proc.wait()
-        return {**self.info, **end, "rounds_tok_s": self.rounds, "tok_s": max(self.rounds)}
+        best_cpu = min(self.cpu_ms)
+        return {
+            **self.info,
+            **end,
+            "rounds_tok_s": self.rounds,
+            "tok_s": max(self.rounds),
+            "cpu_ms_per_tok": best_cpu,
+            "rounds_cpu_ms_per_tok": self.cpu_ms,
+        }
 
 
 def llama_bench(args: argparse.Namespace) -> tuple[float, float]:
-    """One llama-bench run: (decode tok/s, peak RSS MiB of the process)."""
+    """One llama-bench run: (decode tok/s, peak RSS MiB of the process).
+
+    No CPU time: llama-bench's process CPU time includes loading and a warm-up run, and
+    differencing two run lengths proved too noisy on the shared machine (0.65-1.96 s for the
+    same 16-token run)."""
     exe = Path(args.llama_bin) / "llama-bench"
     env = dict(os.environ, LD_LIBRARY_PATH=str(args.llama_bin))
     cmd = [str(exe), "-m", str(args.gguf), "-p", "0", "-n", str(args.new)]
@@ -295,13 +314,19 @@ def print_table(result: dict[str, Any]) -> None:
     env = result["env"]
     head = f"{env['gguf']} ({env['gguf_mib']} MiB), {env['cpu']}, {env['threads']} threads"
     print(f"\n{head}, {env['new_tokens']} new tokens, best of {env['rounds']} interleaved rounds")
-    print(f"{'system':20s} {'tok/s':>8s} {'RSS loaded':>11s} {'added':>8s} {'peak':>8s}  rounds")
+    print(
+        f"{'system':20s} {'tok/s':>8s} {'cpu ms/tok':>10s} {'RSS loaded':>11s} {'added':>8s}",
+        end="",
+    )
+    print(f" {'peak':>8s}  rounds")
     for name, s in result["systems"].items():
         loaded = s.get("rss_loaded_mib")
         added = loaded - s["rss_base_mib"] if loaded is not None else None
         cells = [f"{v:8.0f}" if v is not None else f"{'':8s}" for v in (loaded, added)]
-        row = f"{name:20s} {s['tok_s']:8.1f} {cells[0]:>11s} {cells[1]} {s['peak_mib']:8.0f}"
-        print(f"{row}  {s['rounds_tok_s']}")
+        cpu = s.get("cpu_ms_per_tok")
+        cpu_cell = f"{cpu:10.2f}" if cpu is not None else f"{'':10s}"
+        row = f"{name:20s} {s['tok_s']:8.1f} {cpu_cell} {cells[0]:>11s} {cells[1]}"
+        print(f"{row} {s['peak_mib']:8.0f}  {s['rounds_tok_s']}")
     if "quality" in result:
         print(json.dumps(result["quality"], indent=1))
 
