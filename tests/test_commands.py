@@ -438,7 +438,8 @@ def test_read_attaches_with_its_real_token_cost_and_refuses_bad_files(
     (tmp_path / "b.bin").write_bytes(b"\x00\x01")
     (tmp_path / "big.txt").write_text("z" * (101 * 1024))
     for name, why in [("b.bin", "binary"), ("big.txt", "over the 100 KB limit"),
-                      ("none.txt", "no such file"), ("", "a folder")]:  # fmt: skip
+                      ("none.txt", "no such file"), ("", "a folder"),
+                      ("bad\ud800name", "not a valid file name")]:  # fmt: skip
         with pytest.raises(SmolchatError, match=why):
             run_command(session, f"/read {tmp_path / name}")
     assert len(context_of(session).pending) == 1  # refusals add nothing

@@ -51,7 +51,8 @@ class Attachment:
 
 
 def _shown(raw: str) -> str:
-    return " ".join(raw.split())[:160] or repr(raw)
+    printable = raw.encode("utf-8", "replace").decode("utf-8")  # lone surrogates become "?"
+    return " ".join(printable.split())[:160] or repr(raw)
 
 
 def read_attachment(raw: str | os.PathLike[str], max_kb: int = DEFAULT_MAX_FILE_KB) -> Attachment:
@@ -87,6 +88,10 @@ def read_attachment(raw: str | os.PathLike[str], max_kb: int = DEFAULT_MAX_FILE_
     except OSError as error:
         raise AttachmentError(
             f"cannot read {_shown(text_path)}: {error.strerror or error}"
+        ) from None
+    except UnicodeEncodeError:  # a lone surrogate: no file system can name it
+        raise AttachmentError(
+            f"no such file: {_shown(text_path)} (not a valid file name)"
         ) from None
     if len(data) > limit:  # grew while reading, or a special file
         raise AttachmentError(f"{_shown(text_path)} is over the {max_kb} KB limit")
