@@ -439,12 +439,25 @@ def test_api_key_is_enforced_and_never_logged(tiny_engine):
     assert not any(KEY in line for line in lines)
 
 
+def _posts_logged(log, count: int, timeout: float = 10.0) -> list[str]:
+    """The chat-completion log lines once there are ``count`` (a streamed reply's line is
+    written when its body ends, a moment after the client has read the last chunk)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        posts = [line for line in log if "POST /v1/chat/completions" in line]
+        if len(posts) >= count or time.monotonic() > deadline:
+            return posts
+        time.sleep(0.02)
+
+
 def test_one_log_line_per_request(server, client, log):
     log.clear()
     ask(client, "Hello", max_tokens=2)
+    _posts_logged(log, 1)
     list(ask(client, "Hello", max_tokens=2, stream=True))
+    _posts_logged(log, 2)
     _post(server, b"{")
-    posts = [line for line in log if "POST /v1/chat/completions" in line]
+    posts = _posts_logged(log, 3)
     assert len(posts) == 3, log
     assert posts[0].startswith("127.0.0.1 POST /v1/chat/completions 200 ")
     assert " tokens " in posts[0] and "+2 tokens" in posts[1]
