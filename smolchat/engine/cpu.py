@@ -200,6 +200,10 @@ class CPUDecoder:
         self._cached: list[torch.Tensor] = []  # the cache buffers the views below are of
         self._views: list[tuple[torch.Tensor, ...]] = []
 
+    def forget(self) -> None:
+        """Drop the views of the cache's buffers (after ``KVCache.reset``, so they can be freed)."""
+        self._cached, self._views = [], []
+
     def _slots(self, pos: int) -> list[CPUSlot]:
         cache = self.cache
         if len(self._cached) != len(cache.k) or any(

@@ -123,6 +123,8 @@ class Engine:
     def reset_cache(self) -> None:
         self.cache.reset()
         self.cached_ids = []
+        if self.cpu is not None:
+            self.cpu.forget()
 
     def warmup(self) -> float:
         """Compile and capture the fast decode step now (else on first use); return seconds."""
