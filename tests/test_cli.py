@@ -319,3 +319,14 @@ def test_resume_without_transcripts_says_so(fake, tmp_path) -> None:
         cli.cli, ["m", "--plain", "--resume", "--transcripts", str(tmp_path)], input="/exit\n"
     )
     assert result.exit_code == 0 and "No transcript to resume" in result.stdout
+
+
+def test_one_shot_unwritable_transcripts_folder_is_an_error(fake, tmp_path) -> None:
+    """trial3 #3: -p with a --transcripts folder that cannot be written saved nothing, rc 0."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = runner.invoke(cli.cli, ["m", "-p", "hi", "--transcripts", str(blocker / "sub")])
+    assert result.exit_code == 1
+    assert result.stdout == CODE_REPLY.split("</think>\n", 1)[1] + "\n"  # the answer is out
+    assert result.stderr.startswith("smolchat: error: could not save the transcript")
+    assert result.stderr.count("\n") == 1 and "--transcripts" in result.stderr

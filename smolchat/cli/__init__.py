@@ -980,6 +980,11 @@ def one_shot(config: RunConfig) -> int:
     sys.stdout.flush()
     if interrupted:
         return ExitCode.INTERRUPTED
+    if session.autosave_error:  # the answer is out, but it was to be kept: say so, exit 1
+        problem = session.autosave_error.removeprefix("autosave failed: ")
+        if not problem.startswith("could not save"):
+            problem = f"could not save the transcript: {problem}"
+        raise SmolchatError(f"{problem} (give a writable --transcripts folder)")
     if finished is None or finished.error:
         raise SmolchatError(finished.error if finished else "the reply ended unexpectedly")
     if finished.finish_reason != "stop":
