@@ -33,7 +33,8 @@ def fake_cli(args: list[str], *, delay: float = 0.005) -> list[str]:
     """argv of a real process running ``smolchat ARGS`` over the fake engine."""
     script = textwrap.dedent(
         f"""
-        import atexit, sys, threading
+        import atexit, signal, sys, threading
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
         from smolchat import cli
         from tests.tui.fake_engine import FakeEngine
 
