@@ -171,6 +171,43 @@ def test_an_unknown_id_is_one_line_before_the_model_loads(fake, chats: Path) -> 
     assert fake.loaded == []  # type: ignore[attr-defined]
 
 
+def _damage(path: Path) -> None:
+    """Break the JSON of the first metadata comment (as the trial did)."""
+    text = path.read_text(encoding="utf-8")
+    start = text.index("<!-- smolchat:")
+    path.write_text(text[:start] + text[start:].replace("{", "{{", 1), encoding="utf-8")
+
+
+@pytest.mark.parametrize("mode", [["-p", "go on"], ["--plain"]])
+def test_resume_of_a_damaged_or_foreign_file_stops_before_the_model_loads(
+    fake, chats: Path, tmp_path: Path, mode: list[str]
+) -> None:
+    """trial3 #4: it said 'Could not resume' and went on with a fresh chat (exit 0)."""
+    damaged = chats / "2026-11-29_mid.md"
+    _damage(damaged)
+    foreign = tmp_path / "notes.md"
+    foreign.write_text("# my notes\n\nnot a chat\n", encoding="utf-8")
+    for path in (damaged, foreign):
+        args = ["m", *mode, "--transcripts", str(chats), "--resume", str(path)]
+        result = runner.invoke(cli.cli, args, input="/exit\n")
+        assert result.exit_code == 1, result.output
+        assert result.stderr.startswith(f"smolchat: error: {path}"), result.stderr
+        assert "not a valid smolchat transcript" in result.stderr
+        assert result.stderr.count("\n") == 1 and result.stdout == ""
+    assert fake.loaded == []  # type: ignore[attr-defined]
+
+
+def test_bare_resume_of_a_damaged_newest_chat_names_it_and_how_to_pick(fake, chats) -> None:
+    newest = chats / "2026-11-30_new.md"
+    _damage(newest)
+    result = runner.invoke(cli.cli, ["m", "--transcripts", str(chats), "--resume", "-p", "go"])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("smolchat: error: the newest chat cannot be resumed: ")
+    assert str(newest) in result.stderr and "smolchat chats" in result.stderr
+    assert "--resume ID" in result.stderr and result.stderr.count("\n") == 1
+    assert fake.loaded == []  # type: ignore[attr-defined]
+
+
 def _saved_chat(folder: Path, temperature: float) -> Path:
     from smolchat.chat.transcript import Transcript, write_transcript
 

@@ -64,6 +64,19 @@ def _normalize_system(text: str | None) -> str | None:
     return text
 
 
+def read_chat(path: Path, base: ChatSettings | None = None) -> tuple[Transcript, ChatSettings]:
+    """A transcript and the settings it gives on top of ``base`` (the defaults if None): what
+    :meth:`ChatSession.load` takes in. Raises :class:`TranscriptError` (one line) for a missing,
+    damaged or non-transcript file, or one with invalid settings, so a caller can check a
+    chat before it loads a model."""
+    data = read_transcript(path)
+    merged = {**(base or ChatSettings()).to_dict(), **data.settings}
+    try:
+        return data, ChatSettings.from_dict(merged)
+    except (ValueError, TypeError) as exc:
+        raise TranscriptError(f"{shown(path)} has invalid settings: {exc}") from None
+
+
 class ChatSession:
     """One conversation over a :class:`Backend`. Not for concurrent turns; ``cancel`` is
     thread-safe. ``backend`` may also be an engine (what :func:`smolchat.load` returns): it is
@@ -461,13 +474,7 @@ class ChatSession:
         """Replace history, system prompt and settings with those of a transcript."""
         self._require_idle()
         path = user_path(path)
-        data = read_transcript(path)
-        merged = {**self.settings.to_dict(), **data.settings}
-        try:
-            settings = ChatSettings.from_dict(merged)
-        except (ValueError, TypeError) as exc:
-            raise TranscriptError(f"{shown(path)} has invalid settings: {exc}") from None
-        self.settings = settings
+        data, self.settings = read_chat(path, self.settings)
         self.system_prompt = _normalize_system(data.system_prompt)
         self.messages = [from_record(m) for m in data.messages]
         self.extra = {k: v for k, v in data.extra.items() if k != MODEL_PATH}  # ours wins

@@ -901,15 +901,27 @@ def _recorded_model(path: Path, default: str) -> str:
 def _resume_path(config: RunConfig) -> Path | None:
     """The transcript ``--resume`` names (None, with a note, when bare and there is none)."""
     from smolchat.chat.library import ChatLibrary, LibraryError
+    from smolchat.chat.session import read_chat
+    from smolchat.errors import TranscriptError
 
     library = ChatLibrary(config.transcripts)
     if not config.resume:
         latest = library.latest()
         if latest is None:
             config.notes.append(f"No transcript to resume in {library.root}: starting a new chat.")
+            return None
+        try:  # a damaged newest chat stops here, before the model loads
+            read_chat(latest)
+        except TranscriptError as error:
+            raise TranscriptError(
+                f"the newest chat cannot be resumed: {error} (pick another: smolchat chats "
+                "lists them; then smolchat --resume ID)"
+            ) from None
         return latest
     try:
-        return library.resolve(config.resume)
+        path = library.resolve(config.resume)
+        read_chat(path)  # a damaged file or not a transcript: stop before the model loads
+        return path
     except LibraryError as error:
         if "/" in config.resume and config.model == DEFAULT_MODEL:
             raise LibraryError(
