@@ -11,14 +11,17 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from smolchat.errors import SmolchatError
 
-__all__ = ["editor_command", "edit_text"]
+__all__ = ["editor_command", "edit_text", "sigint_ignored"]
 
 FALLBACKS = ("nano", "vi")
 
@@ -45,6 +48,26 @@ def editor_command(
     raise SmolchatError("no editor found: set $VISUAL or $EDITOR (e.g. export EDITOR=nano)")
 
 
+def _ignore(signum: int, frame: object) -> None:
+    """A caught (not ignored) SIGINT: the editor, started by exec, gets the default back."""
+
+
+@contextmanager
+def sigint_ignored() -> Iterator[None]:
+    """Ctrl+C in the terminal while the editor runs reaches the whole foreground process
+    group: inside this block smolchat lets it pass (the editor handles it), then the previous
+    handler comes back, also on errors. A no-op off the main thread (signals are set there only).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _ignore)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def edit_text(
     text: str,
     *,
@@ -53,8 +76,8 @@ def edit_text(
 ) -> str:
     """Open ``text`` in the editor and return what was saved (trailing newlines stripped).
 
-    Raises SmolchatError (one line) if the editor cannot start or exits with an error; the
-    caller keeps its draft then.
+    Raises SmolchatError (one line) if the editor cannot start or exits with an error (Ctrl+C
+    in it included: smolchat itself ignores SIGINT meanwhile); the caller keeps its draft then.
     """
     argv = editor_command(env)
     fd, name = tempfile.mkstemp(prefix="smolchat-draft-", suffix=".md")
@@ -63,11 +86,14 @@ def edit_text(
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(text + ("\n" if text and not text.endswith("\n") else ""))
         try:
-            done = run([*argv, str(path)], check=False)
+            with sigint_ignored():
+                done = run([*argv, str(path)], check=False)
         except OSError as error:
             raise SmolchatError(
                 f"could not start the editor {argv[0]!r}: {error.strerror}"
             ) from None
+        if done.returncode == -signal.SIGINT:
+            raise SmolchatError(f"the editor {argv[0]!r} was interrupted; the draft is unchanged")
         if done.returncode != 0:
             raise SmolchatError(
                 f"the editor {argv[0]!r} exited with status {done.returncode}; "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -43,3 +44,20 @@ def test_edit_text_round_trip_and_cleanup(tmp_path: Path) -> None:
     path, mode = seen.read_text().splitlines()
     assert path.endswith(".md") and mode == "0o600"
     assert not Path(path).exists()  # removed afterwards
+
+
+def test_sigint_while_the_editor_runs_is_left_to_the_editor(tmp_path: Path) -> None:
+    """Ctrl+C in a terminal reaches smolchat too: while the editor runs it is ignored, and the
+    previous handler is back afterwards (also when the editor fails)."""
+    before = signal.getsignal(signal.SIGINT)
+    script = tmp_path / "ed.sh"
+    script.write_text('#!/bin/sh\nkill -INT $PPID\nsleep 0.2\necho edited > "$1"\n')
+    script.chmod(0o755)
+    assert edit_text("draft", env={"EDITOR": str(script)}) == "edited"
+    assert signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(SmolchatError, match="exited with status 1; the draft is unchanged"):
+        edit_text("draft", env={"EDITOR": "false"})
+    assert signal.getsignal(signal.SIGINT) is before
+    script.write_text("#!/bin/sh\nkill -INT $$\n")  # the editor itself dies of Ctrl+C
+    with pytest.raises(SmolchatError, match="was interrupted; the draft is unchanged"):
+        edit_text("draft", env={"EDITOR": str(script)})

@@ -51,7 +51,7 @@ from smolchat.chat.history import PromptHistory
 from smolchat.chat.library import ChatLibrary
 from smolchat.chat.thinking import resolve_thinking
 from smolchat.chat.turns import Reply, UserTurn
-from smolchat.editor import edit_text
+from smolchat.editor import edit_text, sigint_ignored
 from smolchat.errors import ContextOverflowError, SmolchatError
 from smolchat.tui.screens.chats import ChatsScreen
 from smolchat.tui.screens.dialogs import (
@@ -714,15 +714,17 @@ class ChatScreen(Screen[None]):
     def action_open_editor(self) -> None:
         """Ctrl+G: the draft opens in the user's editor; the app suspends until it exits."""
         draft = self.prompt.text
+        edited: str | SmolchatError
         try:
-            try:
-                with self.app.suspend():
-                    text = edit_text(draft)
-            except SuspendNotSupported:  # no real terminal (tests): run it as it is
-                text = edit_text(draft)
-        except SmolchatError as error:
-            self.notify(str(error), severity="error", markup=False)
+            # Ctrl+C goes to the editor only; Textual resumes only when the block ends normally
+            with sigint_ignored(), self.app.suspend():
+                edited = edit_draft(draft)
+        except SuspendNotSupported:  # no real terminal (tests): run it as it is
+            edited = edit_draft(draft)
+        if isinstance(edited, SmolchatError):
+            self.notify(str(edited), severity="error", markup=False)
             return
+        text = edited
         self.prompt.replace(text, (0, 0), self.prompt.document.end)  # Ctrl+Z undoes it
         self.prompt.move_cursor(self.prompt.document.end)
         self.prompt.focus()
@@ -856,6 +858,15 @@ class ChatScreen(Screen[None]):
         self.refresh_status()
         n = self.session.exchanges()
         self.notify(f"Opened {path.name} ({n} exchange{'s' if n != 1 else ''})", markup=False)
+
+
+def edit_draft(draft: str) -> str | SmolchatError:
+    """The editor's text for ``draft``, or the error (returned, not raised: it must not leave
+    the app suspended)."""
+    try:
+        return edit_text(draft)
+    except SmolchatError as error:
+        return error
 
 
 @dataclass
