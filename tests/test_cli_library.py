@@ -556,6 +556,34 @@ def test_resume_without_a_model_loads_the_chats_hub_model(fake, tmp_path: Path) 
     assert given.exit_code == 0 and fake.loaded[-1] == "m"  # type: ignore[attr-defined]
 
 
+def test_a_chat_through_a_server_records_it_and_resume_names_it(fake, tmp_path: Path) -> None:
+    """trial3 #8: --resume of a --server chat advised 'smolchat SERVED-ID --resume ID'."""
+    from smolchat.chat.transcript import read_transcript
+
+    folder = tmp_path / "chats"
+    url = "http://user:secret@127.0.0.1:8123/v1/?key=secret"
+    args = ["--server", url, "--transcripts", str(folder), "-p", "remember lima"]
+    first = runner.invoke(cli.cli, args)
+    assert first.exit_code == 0, first.output
+    entry = ChatLibrary(folder).entries()[0]
+    extra = read_transcript(entry.path).extra
+    assert extra["server"] == "http://127.0.0.1:8123/v1"  # no credentials in the file
+    assert "model_path" not in extra
+    again = runner.invoke(cli.cli, ["--transcripts", str(folder), "--resume", "-p", "go on"])
+    assert again.exit_code == 1
+    served = read_transcript(entry.path).model
+    assert again.stderr == (
+        "smolchat: error: the chat was made through the server http://127.0.0.1:8123/v1; "
+        f"give it: smolchat --server http://127.0.0.1:8123/v1 {served} --resume {entry.id}\n"
+    )
+    # the advice works: with --server the chat goes on (and stays recorded)
+    args = ["--server", "http://127.0.0.1:8123/v1", "--transcripts", str(folder)]
+    ok = runner.invoke(cli.cli, [*args, "--resume", entry.id, "-p", "go on"])
+    assert ok.exit_code == 0, ok.output
+    assert "remember lima" in fake.tokenizer.decode(fake.calls[-1]["ids"])
+    assert read_transcript(entry.path).extra["server"] == "http://127.0.0.1:8123/v1"
+
+
 def test_resume_without_a_model_uses_the_recorded_full_path(fake, tmp_path: Path) -> None:
     from smolchat.chat.transcript import read_transcript
 

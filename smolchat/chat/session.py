@@ -52,6 +52,7 @@ __all__ = ["MIN_REPLY_ROOM", "ChatSession", "ChatSettings", "error_line"]
 
 
 MODEL_PATH = "model_path"  # the transcript extra naming the local model's full path
+SERVER = "server"  # the transcript extra naming the server's API base (a chat made via --server)
 
 
 def _now() -> datetime:
@@ -104,6 +105,9 @@ class ChatSession:
         # the local model's full path (a .gguf file or a folder), recorded in the transcript's
         # extra as "model_path" so that --resume without MODEL finds it; "" for a hub model
         self.model_path = ""
+        # the server's API base (no credentials) of a chat made through --server, recorded in
+        # the transcript's extra as "server" so that --resume can say how to reach it again
+        self.server_url = ""
         self.transcript_path: Path | None = None  # where this conversation is autosaved
         self.autosave_error: str | None = None  # the last autosave failure (one line), if any
         self.started = _now()  # conversation start: names the autosave file
@@ -411,8 +415,12 @@ class ChatSession:
             settings=settings,
             model=self.backend.model_name,
             created=self.started.isoformat(timespec="seconds"),
-            extra={**self.extra, MODEL_PATH: self.model_path} if self.model_path else self.extra,
+            extra={**self.extra, **self._recorded_source()},
         )
+
+    def _recorded_source(self) -> dict[str, str]:
+        where = {MODEL_PATH: self.model_path, SERVER: self.server_url}
+        return {key: value for key, value in where.items() if value}
 
     def _first_user_text(self) -> str:
         return next((m.content for m in self.messages if isinstance(m, UserTurn)), "")
@@ -477,7 +485,7 @@ class ChatSession:
         data, self.settings = read_chat(path, self.settings)
         self.system_prompt = _normalize_system(data.system_prompt)
         self.messages = [from_record(m) for m in data.messages]
-        self.extra = {k: v for k, v in data.extra.items() if k != MODEL_PATH}  # ours wins
+        self.extra = {k: v for k, v in data.extra.items() if k not in (MODEL_PATH, SERVER)}
         self._version += 1
         last = next((m for m in reversed(self.messages) if isinstance(m, Reply)), None)
         self.last_stats = last.stats if last is not None else None

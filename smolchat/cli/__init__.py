@@ -837,6 +837,10 @@ def make_session(engine: Any, config: RunConfig, *, store: bool = True) -> ChatS
     local = Path(config.model).expanduser() if config.model and not config.server else None
     if local is not None and local.exists():
         session.model_path = str(local.resolve())
+    if config.server is not None:
+        from smolchat.backend.remote import safe_url
+
+        session.server_url = safe_url(config.server)
     settings = session.settings
     settings.sampling = settings.sampling.with_(**config.sampling)
     if config.max_new_tokens is not None:
@@ -879,12 +883,19 @@ def _recorded_model(path: Path, default: str) -> str:
     ``default`` for a chat that recorded none. A bare file name that no longer resolves is a
     :class:`ModelLoadError` naming the command to give it."""
     from smolchat.chat.library import chat_id
-    from smolchat.chat.session import MODEL_PATH
+    from smolchat.chat.session import MODEL_PATH, SERVER
     from smolchat.chat.transcript import read_transcript
     from smolchat.errors import ModelLoadError
     from smolchat.model.hub import is_hub_id
 
     data = read_transcript(path)
+    server = data.extra.get(SERVER)
+    if isinstance(server, str) and server:  # a served id, not a file: name the server
+        served = f" {data.model.strip()}" if data.model.strip() else ""
+        raise ModelLoadError(
+            f"the chat was made through the server {server}; give it: "
+            f"smolchat --server {server}{served} --resume {chat_id(path)}"
+        )
     full = data.extra.get(MODEL_PATH)
     if isinstance(full, str) and full and Path(full).exists():
         return full
