@@ -331,3 +331,25 @@ def test_one_shot_unwritable_transcripts_folder_is_an_error(fake, tmp_path) -> N
     assert result.stdout == CODE_REPLY.split("</think>\n", 1)[1] + "\n"  # the answer is out
     assert result.stderr.startswith("smolchat: error: could not save the transcript")
     assert result.stderr.count("\n") == 1 and "--transcripts" in result.stderr
+
+
+def test_gguf_with_a_damaged_tensor_shape_is_one_line(smollm2_gguf: Path, tmp_path) -> None:
+    """trial3 #7: a patched dimension gave 'internal error: RuntimeError: Sizes of tensors...'."""
+    import gguf
+
+    copy = tmp_path / smollm2_gguf.name
+    copy.write_bytes(smollm2_gguf.read_bytes())
+    reader = gguf.GGUFReader(str(copy))
+    field = next(t for t in reader.tensors if t.name == "blk.0.attn_q.weight").field
+    dims_at = field.offset + sum(part.nbytes for part in field.parts[:3])  # name len, name, n_dims
+    assert int(field.parts[3][0]) == 576  # ggml order: the row length (hidden size) first
+    del reader
+    with open(copy, "r+b") as f:
+        f.seek(dims_at)
+        f.write((544).to_bytes(8, "little"))
+    result = runner.invoke(cli.cli, [str(copy), "-p", "hi"])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"smolchat: error: {copy.name}: tensor blk.0.attn_q.weight has shape (576, 544), the "
+        "file's header implies (576, 576): the file is damaged; download it again\n"
+    )

@@ -427,6 +427,51 @@ def _check_tensors(f: GGUFFile) -> None:
             )
 
 
+def _expected_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The torch-order shape of each tensor kind that the header's config implies (the GGUF
+    names, a block's without its ``blk.N.`` prefix; a bias is its weight's first dimension)."""
+    hidden, inter = config["hidden_size"], config["intermediate_size"]
+    q = config["num_attention_heads"] * config["head_dim"]
+    kv = config["num_key_value_heads"] * config["head_dim"]
+    weights = {
+        "token_embd": (config["vocab_size"], hidden),
+        "output": (config["vocab_size"], hidden),
+        "output_norm": (hidden,),
+        "attn_norm": (hidden,),
+        "ffn_norm": (hidden,),
+        "attn_q": (q, hidden),
+        "attn_k": (kv, hidden),
+        "attn_v": (kv, hidden),
+        "attn_output": (hidden, q),
+        "ffn_gate": (inter, hidden),
+        "ffn_up": (inter, hidden),
+        "ffn_down": (hidden, inter),
+    }
+    shapes = {f"{kind}.weight": shape for kind, shape in weights.items()}
+    shapes.update({f"{kind}.bias": shape[:1] for kind, shape in weights.items()})
+    return shapes
+
+
+def _check_shapes(f: GGUFFile, config: dict[str, Any]) -> None:
+    """Every tensor's shape against the header's config, and its block against block_count:
+    a damaged header is one line here, not a torch size mismatch later."""
+    expected = _expected_shapes(config)
+    for t in f.tensors:
+        m = _BLOCK_RE.fullmatch(t.name)
+        if m and int(m.group(1)) >= config["num_hidden_layers"]:
+            raise ModelLoadError(
+                f"{f.path.name}: tensor {t.name} is in block {m.group(1)}, but the file's header "
+                f"says {config['num_hidden_layers']} blocks: the file is damaged; download it again"
+            )
+        kind = f"{m.group(2)}.{m.group(3)}" if m else t.name
+        want = expected.get(kind)
+        if want is not None and tuple(t.shape) != want:
+            raise ModelLoadError(
+                f"{f.path.name}: tensor {t.name} has shape {tuple(t.shape)}, the file's header "
+                f"implies {want}: the file is damaged; download it again"
+            )
+
+
 def open_gguf(path: Path) -> tuple[GGUFFile, dict[str, Any]]:
     """The mapped file and its config dict, after checking every tensor is readable."""
     f = GGUFFile(path)
@@ -438,6 +483,7 @@ def open_gguf(path: Path) -> tuple[GGUFFile, dict[str, Any]]:
         )
     config = build_config(f)
     _check_tensors(f)
+    _check_shapes(f, config)
     return f, config
 
 
