@@ -2,7 +2,8 @@
 
 The same slash commands as the TUI (through :func:`smolchat.chat.commands.run_command`).
 Generation runs on a thread so that Ctrl+C in the main thread can stop it: the partial
-reply is kept; Ctrl+C (or Ctrl+D) at the prompt quits.
+reply is kept; at the prompt Ctrl+C clears the line's text, and on an empty line (like Ctrl+D)
+quits.
 """
 
 from __future__ import annotations
@@ -220,7 +221,13 @@ def line_reader(
         if prompt.startswith("\n"):  # a newline inside readline's prompt upsets its redraw
             print()
             prompt = prompt[1:]
-        return input(prompt)
+        while True:
+            try:
+                return input(prompt)
+            except KeyboardInterrupt:
+                if not readline.get_line_buffer():  # Ctrl+C on an empty line: the caller's
+                    raise
+                print()  # Ctrl+C with text on the line clears it (as bash does): ask again
 
     return read
 

@@ -101,6 +101,15 @@ def test_plain_paste_multiline_and_history_in_tmux(tiny_model: Path, tmp_path: P
         term.wait_for("/stats", 10)
         term.keys("Up")
         term.wait_for("block two", 10)
+        # Ctrl+C with text on the line clears the line (trial3 #9: it quit); on an empty one, quits
+        term.keys("C-c")
+        wait_until(lambda: term.screen().rstrip().endswith(">"), 10, "a fresh empty prompt")
+        time.sleep(0.5)
+        assert not status2.exists()
+        term.text("/stats")
+        term.keys("Enter")
+        term.wait_for("turns:", 30)  # the REPL goes on
         print(term.screen())
         term.keys("C-c")
         wait_until(status2.exists, 30, "the REPL to end on Ctrl+C")
+    assert status2.read_text().strip() == "0"
