@@ -5,6 +5,7 @@ undecodable bytes become lone surrogates), loaded from a transcript, or produced
 Two rules keep that harmless:
 
 * :func:`valid_text`: the tokenizer only takes valid Unicode, so lone surrogates become U+FFFD.
+* :func:`lf_line_ends`: a prompt's lines end with ``\n`` only, however they were pasted.
 * :func:`printable`: a terminal obeys control characters, so text shown on screen never carries
   them: an ESC in a reply could clear the screen, retitle the window or write the clipboard
   (OSC 52). C0 controls (except newline and tab) are shown as their Unicode "control pictures"
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["printable", "valid_text"]
+__all__ = ["lf_line_ends", "printable", "valid_text"]
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # C0 controls except \t and \n, DEL, C1 controls, lone surrogates
@@ -30,6 +31,12 @@ def valid_text(text: str) -> str:
     except UnicodeEncodeError:
         return _SURROGATE.sub("\ufffd", text)
     return text
+
+
+def lf_line_ends(text: str) -> str:
+    """``text`` with its line ends as ``\n``: a terminal's paste may carry ``\r\n`` or a lone
+    ``\r`` (what the Enter key sends) between lines."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _picture(match: re.Match[str]) -> str:

@@ -15,7 +15,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Label, ProgressBar, Static
 
-from smolchat.chat.text import printable
+from smolchat.chat.text import lf_line_ends, printable
 from smolchat.tui.widgets.prompt import NEWLINE_KEYS
 
 TYPED_SHOWN = 48  # characters of type-ahead shown on the loading screen
@@ -93,7 +93,7 @@ class LoadingScreen(Screen[None]):
         self._show_typed()
 
     def on_paste(self, event: events.Paste) -> None:
-        self.typed += event.text
+        self.typed += lf_line_ends(event.text)
         self.send_when_ready = False
         event.stop()
         self._show_typed()

@@ -11,6 +11,7 @@ from textual.message import Message
 from textual.widgets import Static, TextArea
 
 from smolchat.chat.history import PromptHistory
+from smolchat.chat.text import lf_line_ends
 
 NEWLINE_KEYS = ("shift+enter", "ctrl+j", "alt+enter")
 
@@ -102,6 +103,14 @@ class PromptInput(TextArea):
         self._history_index: int | None = None  # None: editing the draft
         self._draft = ""
 
+    def load_text(self, text: str) -> None:
+        """Replace the draft; its line ends become ``\n`` (TextArea would keep a ``\r`` it
+        found first as the line end of the whole draft, and send it so)."""
+        super().load_text(lf_line_ends(text))
+
+    async def _on_paste(self, event: events.Paste) -> None:
+        event.text = lf_line_ends(event.text)  # TextArea._on_paste (next in the MRO) inserts it
+
     async def _on_key(self, event: events.Key) -> None:
         action = _key_actions().get(event.key)
         if action is None:
@@ -136,7 +145,7 @@ class PromptInput(TextArea):
 
     def submit(self) -> None:
         """Send the prompt's text (as Enter does); an empty prompt sends nothing."""
-        text = self.text.strip()
+        text = lf_line_ends(self.text).strip()
         if not text:
             return
         self.prompt_history.add(text)
