@@ -621,3 +621,12 @@ def test_help_names_the_default_model() -> None:
     result = runner.invoke(cli.cli, ["--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     assert "default: HuggingFaceTB/SmolLM3-3B" in result.stdout
+    # the same for --server's MODEL and --api-key, and serve's --api-key, --served-model-name
+    serve = runner.invoke(cli.cli, ["serve", "--help"], env={"COLUMNS": "200"})
+    chat, served = (" ".join(r.stdout.replace("│", " ").split()) for r in (result, serve))
+    assert "the served id (default: the first it lists)." in chat
+    assert "the API key (default: $SMOLCHAT_API_KEY, then $OPENAI_API_KEY)." in chat
+    assert "Bearer KEY' (default: $SMOLCHAT_API_KEY)." in served
+    assert "send (default: the model's name)." in served
+    for text in (chat, served):
+        assert " . " not in f"{text} "  # what Rich left where it ate '[default: ...]'

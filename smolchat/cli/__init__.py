@@ -186,7 +186,7 @@ def chat(
             metavar="URL",
             help="Chat through an OpenAI-compatible server (vLLM, SGLang, llama-server, "
             "transformers serve): its API base, e.g. http://127.0.0.1:8000/v1; MODEL is then "
-            "the served id [default: the first it lists].",
+            "the served id (default: the first it lists).",
             rich_help_panel=MODEL,
         ),
     ] = None,
@@ -194,7 +194,7 @@ def chat(
         str | None,
         typer.Option(
             metavar="KEY",
-            help="With --server: the API key [default: $SMOLCHAT_API_KEY, then $OPENAI_API_KEY].",
+            help="With --server: the API key (default: $SMOLCHAT_API_KEY, then $OPENAI_API_KEY).",
             rich_help_panel=MODEL,
         ),
     ] = None,
@@ -642,13 +642,13 @@ def serve_command(
         str | None,
         typer.Option(
             help="Answer only requests with 'Authorization: Bearer KEY' "
-            "[default: $SMOLCHAT_API_KEY].",
+            "(default: $SMOLCHAT_API_KEY).",
             show_default=False,
         ),
     ] = None,
     served_model_name: Annotated[
         str | None,
-        typer.Option(help="The model id clients see and send [default: the model's name]."),
+        typer.Option(help="The model id clients see and send (default: the model's name)."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No line per request on stderr.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
