@@ -117,6 +117,16 @@ def test_chats_delete_goes_to_the_trash_and_restore_brings_it_back(chats: Path) 
     again = runner.invoke(cli.cli, ["chats", "--transcripts", str(chats), "--restore", newest.id])
     assert again.exit_code == 1 and again.stderr.count("\n") == 1
     assert "no chat with id" in again.stderr
+    assert "`smolchat chats --trash` lists them" in again.stderr  # trial3 #11: said `chats`
+
+
+def test_chats_search_for_nothing_asks_for_a_word(chats: Path) -> None:
+    for empty in ("", "  "):
+        result = runner.invoke(cli.cli, ["chats", "--transcripts", str(chats), "--search", empty])
+        assert result.exit_code == 2 and result.stdout == ""
+        assert result.stderr == (
+            "smolchat: error: --search needs a word to look for: smolchat chats --search WORD\n"
+        )
 
 
 def test_a_subcommand_name_is_the_subcommand_and_dot_slash_is_a_model(fake, chats) -> None:

@@ -331,7 +331,8 @@ class ChatLibrary:
         if not found:
             if Path(ref).is_file():  # a file in the working folder named without a slash
                 return Path(ref)
-            raise LibraryError(f"no chat with id {ref!r} in {where}; `smolchat chats` lists them")
+            lister = "smolchat chats --trash" if trash else "smolchat chats"
+            raise LibraryError(f"no chat with id {ref!r} in {where}; `{lister}` lists them")
         ids = ", ".join(sorted(chat_id(p) for p in found)[:5])
         raise LibraryError(f"{ref!r} matches {len(found)} chats ({ids}); give more of the id")
 

@@ -598,6 +598,9 @@ def chats_command(
             typer.echo(f"{moved.name} {verb} (smolchat chats --{'restore' if delete else 'trash'})")
             return
         rows: list[tuple[ChatEntry, SearchHit | None]]
+        if search is not None and not search.strip():
+            _error_line("--search needs a word to look for: smolchat chats --search WORD")
+            raise typer.Exit(ExitCode.USAGE)
         if search is not None:
             hits = library.search(search, limit=limit)
             rows = [(h.entry, h) for h in hits]
