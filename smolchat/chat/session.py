@@ -116,6 +116,7 @@ class ChatSession:
         self._cancel = CancelToken()
         self._end_thinking = CancelToken()
         self._state = threading.Lock()
+        self._sent: Conversation | None = None  # what the last turn opened sent
         self._used_cache: tuple[tuple[str | None, bool, tuple[Turn, ...]], int] | None = None
 
     # --- the conversation as the backend sees it ------------------------------------------
@@ -160,6 +161,17 @@ class ChatSession:
         self._used_cache = (key, used)
         return used
 
+    def context_sent(self) -> int:
+        """Tokens of the prompt the reply being generated answers: the system prompt, the turns
+        kept (after any drop) and the new message, rendered with the generation prompt; the
+        context holds these before the reply's first token. 0 before the first turn."""
+        if self._sent is None:
+            return 0
+        try:
+            return self.backend.count_tokens(self._sent, add_generation_prompt=True)
+        except TemplateError:
+            return 0
+
     def _exchange_starts(self, history: Sequence[Turn]) -> list[int]:
         return [i for i, m in enumerate(history) if isinstance(m, UserTurn)]
 
@@ -172,8 +184,9 @@ class ChatSession:
         """Plan the turn with the backend (ContextOverflowError now if it cannot fit)."""
         self._cancel = CancelToken()
         self._end_thinking = CancelToken()
+        self._sent = self.conversation(history, thinking)
         request = GenerationRequest(
-            self.conversation(history, thinking),
+            self._sent,
             sampling=self.settings.sampling,
             max_new_tokens=self.settings.max_new_tokens,
             cancel=self._cancel,

@@ -117,3 +117,53 @@ async def test_a_prompt_of_one_chunk_shows_no_prefill(engine, tmp_path, monkeypa
         )
         await idle(pilot, screen)
     assert not any("prefill" in line for line in seen)
+
+
+def context_meter(line: str) -> int:
+    shown = re.search(r"ctx ([\d,]+)", line)
+    assert shown, line
+    return int(shown.group(1).replace(",", ""))
+
+
+async def test_context_meter_counts_the_new_prompt_during_the_prefill(
+    engine, tmp_path, monkeypatch
+) -> None:
+    """While a reply is on its way the meter counts the prompt as sent (it left out the new
+    message: 'ctx 82/8,192' during a 3,173-token prefill)."""
+    async with long_turn_held(engine, tmp_path, monkeypatch) as (pilot, screen, held, go):
+        await wait_for(pilot, lambda: f"prefill {CHUNK}/" in status_line(screen))
+        line = status_line(screen)
+        total = int(re.search(r"prefill [\d,]+/([\d,]+)", line).group(1).replace(",", ""))  # type: ignore[union-attr]
+        assert context_meter(line) == total == screen.session.context_sent(), line
+        go.set()
+        await finished(pilot, screen)
+        after = context_meter(status_line(screen))
+        assert total <= after == screen.session.context_used()
+
+
+async def test_context_meter_counts_prompt_and_reply_while_streaming(
+    engine, tmp_path, monkeypatch
+) -> None:
+    held, go = threading.Event(), threading.Event()
+    real = engine.generate
+
+    def generate(ids, **kwargs):
+        for event in real(ids, **kwargs):
+            yield event
+            if not isinstance(event, PrefillProgress) and not held.is_set():
+                held.set()  # the first token is out: hold the rest
+                assert go.wait(20), "the test never let the reply go on"
+
+    monkeypatch.setattr(engine, "generate", generate)
+    try:
+        async with running(real_app(engine, tmp_path, max_new_tokens=4)) as (pilot, _):
+            screen = await submit(pilot, LONG_PROMPT, wait=False)
+            await wait_for(pilot, lambda: held.is_set() and screen._streamed > 0)
+            await pilot.pause()
+            sent = screen.session.context_sent()
+            assert sent > 3 * CHUNK
+            assert context_meter(status_line(screen)) == sent + screen._streamed
+            go.set()
+            await finished(pilot, screen)
+    finally:
+        go.set()

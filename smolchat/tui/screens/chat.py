@@ -177,6 +177,13 @@ class ChatScreen(Screen[None]):
             self.answer = answer
             self.tokens = tokens  # deltas streamed so far in this turn (about one per token)
 
+    class Sent(Message):
+        """The turn's prompt is planned: ``tokens`` it takes in the context (before the reply)."""
+
+        def __init__(self, tokens: int) -> None:
+            super().__init__()
+            self.tokens = tokens
+
     class Prefill(Message):
         """The backend is reading a long prompt: ``progress.done`` of ``progress.total``."""
 
@@ -221,7 +228,8 @@ class ChatScreen(Screen[None]):
         self._drawn.set()
         self._quit_armed_at = -QUIT_WINDOW_S  # monotonic time of the last idle Ctrl+C
         self.editing: int | None = None  # the exchange the prompt's text will replace
-        self._context_at_start = 0  # context use when the streaming turn started
+        self._context_at_start = 0  # context the streaming turn's prompt takes (Sent)
+        self._streamed = 0  # reply tokens streamed so far in this turn
         self._prefill: PrefillProgress | None = None  # while a long prompt is read
         self.message_width = message_width
 
@@ -306,9 +314,11 @@ class ChatScreen(Screen[None]):
             "Enter sends · F1 keys and commands · Ctrl+P palette"
         )
 
-    def refresh_status(self, streamed: int = 0) -> None:
-        """Redraw the status bar; ``streamed``: reply tokens so far (the context meter grows
-        while a reply streams)."""
+    def refresh_status(self, streamed: int | None = None) -> None:
+        """Redraw the status bar; ``streamed``: reply tokens so far (while a reply is on its
+        way the context meter counts the prompt as sent plus these)."""
+        if streamed is not None:
+            self._streamed = streamed
         backend = self.session.backend
         settings = self.session.settings
         self.query_one(StatusBar).show(
@@ -318,8 +328,8 @@ class ChatScreen(Screen[None]):
                 thinking=settings.thinking if backend.has_thinking_mode else None,
                 temperature=settings.sampling.temperature,
                 top_p=settings.sampling.top_p,
-                context_used=self._context_at_start + streamed
-                if streamed
+                context_used=self._context_at_start + self._streamed
+                if self.generating
                 else self.session.context_used(),
                 context_limit=self.session.context_limit(),
                 last_stats=self.session.last_stats,
@@ -458,8 +468,8 @@ class ChatScreen(Screen[None]):
         self.conversation.anchor()
         self.turn = turn
         self._prefill = None
-        self._context_at_start = self.session.context_used()
-        self.refresh_status()
+        self._context_at_start = self.session.context_used()  # until Sent says the prompt's
+        self.refresh_status(streamed=0)
         self._drawn.set()
         self.generate(factory, drop)
 
@@ -478,7 +488,9 @@ class ChatScreen(Screen[None]):
             if drop:
                 self.session.drop_oldest(drop)
             # send() checks the context when called, a generator when first advanced
-            for event in factory():
+            stream = factory()
+            self.post_message(self.Sent(self.session.context_sent()))
+            for event in stream:
                 if worker.is_cancelled:
                     self.session.cancel()
                 if isinstance(event, ReasoningDelta):
@@ -509,6 +521,12 @@ class ChatScreen(Screen[None]):
         except Exception as error:  # never crash the UI; the log keeps the traceback
             self.log.error(error)
             self.post_message(self.TurnFailed(f"internal error: {type(error).__name__}: {error}"))
+
+    @on(Sent)
+    def _on_sent(self, message: Sent) -> None:
+        if self.turn is not None:
+            self._context_at_start = message.tokens
+            self.refresh_status()
 
     @on(Prefill)
     def _on_prefill(self, message: Prefill) -> None:
