@@ -44,11 +44,14 @@ class ContextOverflowError(SmolchatError):
 
     ``drop``: how many of the oldest exchanges to drop for the turn to fit (what ``/drop N``
     would do), or None when dropping earlier turns cannot help (or nobody worked it out).
+    ``what``: the message without the chat's advice (/drop, /set), for a caller with other
+    means (``-p``'s options); the whole message when nobody split it.
     """
 
-    def __init__(self, message: str, *, drop: int | None = None) -> None:
+    def __init__(self, message: str, *, drop: int | None = None, what: str | None = None) -> None:
         super().__init__(message)
         self.drop = drop
+        self.what = what or message
 
 
 class CommandError(SmolchatError):

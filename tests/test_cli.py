@@ -353,3 +353,14 @@ def test_gguf_with_a_damaged_tensor_shape_is_one_line(smollm2_gguf: Path, tmp_pa
         f"smolchat: error: {copy.name}: tensor blk.0.attn_q.weight has shape (576, 544), the "
         "file's header implies (576, 576): the file is damaged; download it again\n"
     )
+
+
+def test_one_shot_context_full_gives_the_options_not_slash_commands(tiny_model: Path) -> None:
+    """trial3 #11: -p advised '/set max_new_tokens N', 'even with all earlier turns dropped'."""
+    result = runner.invoke(cli.cli, [str(tiny_model), "-p", "-"], input="apple " * 5000)
+    assert result.exit_code == 1
+    line = result.stderr
+    assert line.startswith("smolchat: error: this turn needs ") and line.count("\n") == 1
+    assert "but the context holds 4096: shorten the prompt" in line
+    assert line.endswith("or lower --max-new-tokens\n")
+    assert "/set" not in line and "earlier turns" not in line

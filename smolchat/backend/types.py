@@ -226,11 +226,13 @@ def plan_reply(
             f"{head}: drop the {best} oldest exchange{plural} with /drop {best} "
             "(the system prompt stays) or start over with /clear",
             drop=best,
+            what=head,
         )
     raise ContextOverflowError(
         f"{head}, even with all earlier turns dropped: shorten the message"
         + (" or the system prompt (/system)" if conversation.system_prompt else "")
-        + " or lower max_new_tokens (/set max_new_tokens N)"
+        + " or lower max_new_tokens (/set max_new_tokens N)",
+        what=head,
     )
 
 

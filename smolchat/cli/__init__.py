@@ -22,7 +22,13 @@ from smolchat.chat.attachments import DEFAULT_MAX_FILE_KB
 from smolchat.chat.config import DEFAULT, KEYS, Effective, Source
 from smolchat.cli.options import DEFAULT_MODEL, MODEL_PANEL, LoadOptions, with_load_options
 from smolchat.engine.types import SamplingParams
-from smolchat.errors import SamplingError, SmolchatError, is_out_of_memory, out_of_memory_line
+from smolchat.errors import (
+    ContextOverflowError,
+    SamplingError,
+    SmolchatError,
+    is_out_of_memory,
+    out_of_memory_line,
+)
 from smolchat.exit_codes import ExitCode
 
 if TYPE_CHECKING:
@@ -995,7 +1001,10 @@ def one_shot(config: RunConfig) -> int:
             print(f"smolchat: attached {f.name} ({tokens} tokens)", file=sys.stderr)
     for note in config.notes + config.resumed:
         print(f"smolchat: {note}", file=sys.stderr)
-    finished, interrupted = consume(session.send(message), session, on_reasoning, on_answer)
+    try:
+        finished, interrupted = consume(session.send(message), session, on_reasoning, on_answer)
+    except ContextOverflowError as error:  # the chat's advice (/drop, /set) means nothing here
+        raise SmolchatError(one_shot_overflow(error, session)) from None
     if config.show_reasoning and finished is not None and finished.reasoning:
         sys.stderr.write("\n")
     if config.json:
@@ -1018,6 +1027,17 @@ def one_shot(config: RunConfig) -> int:
         print(f"smolchat: note: {cut_note(finished, limit)}", file=sys.stderr)
         return ExitCode.CUT
     return ExitCode.OK
+
+
+def one_shot_overflow(error: ContextOverflowError, session: ChatSession) -> str:
+    """The context-full line for ``-p``: its options, not the chat's slash commands."""
+    if error.drop is not None:  # a resumed chat's earlier turns take the room
+        return (
+            f"{error.what}: the resumed chat is too long for this prompt; start a new chat "
+            "(without --resume) or shorten the prompt"
+        )
+    system = " or the system prompt (--system)" if session.system_prompt else ""
+    return f"{error.what}: shorten the prompt{system} or lower --max-new-tokens"
 
 
 def one_shot_json(finished: Any) -> str:

@@ -200,7 +200,7 @@ def test_huge_prompt_on_stdin_is_one_line(tiny_model: Path, tmp_path: Path) -> N
         input=PASTE.encode(),
         env=quiet_env(tmp_path),
     )
-    assert "shorten the message" in one_line_error(result)
+    assert "shorten the prompt or lower --max-new-tokens" in one_line_error(result)
 
 
 # ---- invalid UTF-8 and control characters ---------------------------------------------------
