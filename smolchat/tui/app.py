@@ -59,6 +59,7 @@ class AppOptions:
     message_width: int | None = MESSAGE_WIDTH  # columns per message at most (None: no limit)
 
 
+MAX_TOASTS = 2  # notifications shown at once (the newest): more stacked over the prompt
 LOADER_EXIT_WAIT_S = 30.0  # the longest an exit mid-load waits for the loading thread
 
 
@@ -106,6 +107,13 @@ class SmolchatApp(App[None]):
             self._set_theme(DEFAULT_THEME)
 
     # ---- themes -----------------------------------------------------------------------
+    def _refresh_notifications(self) -> None:
+        """Only the newest MAX_TOASTS notifications stay (Textual shows them all, stacked down
+        over the prompt); the CSS keeps those in the top half of the screen."""
+        for old in list(self._notifications)[:-MAX_TOASTS]:
+            self._unnotify(old, refresh=False)
+        super()._refresh_notifications()
+
     def apply_theme(self, name: str | None) -> bool:
         """Switch to a theme from ``themes/``; an unknown name is reported, not raised;
         ``None`` lists the themes."""
