@@ -13,10 +13,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, TypeGuard
+from typing import Any, ClassVar, Literal, TypeGuard, TypeVar
 
 from smolchat.backend.types import FINISH_REASONS, FinishReason, GenerationStats
 from smolchat.chat.format import stats_from_record
+
+T = TypeVar("T")
 
 __all__ = ["Reply", "Turn", "UserTurn", "from_record", "to_record"]
 
@@ -105,19 +107,19 @@ class _Reader:
         if self.record.get(key) is not None:
             self.unknown[key] = self.record[key]
 
-    def text(self, key: str) -> str | None:
+    def _typed(self, key: str, kind: type[T]) -> T | None:
+        """``record[key]`` when it is a ``kind``; otherwise None, the value kept as unknown."""
         value = self.record.get(key)
-        if isinstance(value, str):
+        if isinstance(value, kind):
             return value
         self._kept(key)
         return None
 
+    def text(self, key: str) -> str | None:
+        return self._typed(key, str)
+
     def flag(self, key: str) -> bool | None:
-        value = self.record.get(key)
-        if isinstance(value, bool):
-            return value
-        self._kept(key)
-        return None
+        return self._typed(key, bool)
 
     def finish_reason(self) -> FinishReason | None:
         value = self.record.get("finish_reason")
